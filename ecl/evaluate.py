@@ -1,0 +1,560 @@
+"""Face verification: embedding extraction and the 10-fold protocol (METHOD section 7).
+
+The protocol is the one of the widely used face-recognition evaluation code (insightface's
+``verification.py``): embeddings are L2-normalised, the score of a pair is the squared Euclidean
+distance between them (``2 - 2 cos``), and on each of 10 folds the threshold is chosen from the
+grid ``np.arange(0, 4, 0.01)`` as the one that maximises accuracy on the *other* folds (first
+maximum on ties, as ``np.argmax``); the fold's accuracy is then measured with that threshold. The
+grid stops at 3.99, exactly as that code's; METHOD's "0, 0.01, ..., 4" differs only for pairs at
+distance 3.99 or more, i.e. embeddings pointing in nearly opposite directions.
+
+Folds:
+- explicit fold ids (``PairList.fold``, e.g. LFW View-2 ``pairs.txt``'s 10 blocks) are kept;
+- an integer ``folds`` builds *balanced* folds in list order: the k-th same pair of the list (in
+  list order, counting from 0) goes to fold ``k * folds // n_same`` and the k-th different pair to
+  fold ``k * folds // n_diff``. On a list already made of ``folds`` equal blocks with equal numbers of
+  same and different pairs (LFW ``pairs.txt``, the insightface ``.bin`` packs) this is exactly the
+  contiguous ``KFold(n_splits=folds, shuffle=False)`` split of that code; on a list that is all
+  same pairs then all different pairs (LFW View-1 ``pairsDevTest.txt``) it gives every fold equal
+  numbers of both, where a contiguous split would not.
+- ``balanced=False`` uses the contiguous ``KFold(shuffle=False)`` split whatever the list.
+
+ROC and AUC come from scikit-learn on the score ``-distance``. EER is where the false-negative and
+false-positive rates are equal, interpolated linearly between the two ROC points around the crossing.
+TAR at FAR f is read from the ROC polyline: the true-accept rate of the last ROC point with
+false-accept rate <= f, linearly interpolated towards the next point (for untied scores the
+segment is horizontal, so this equals the usual "best TAR with FAR <= f").
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import pickle
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.model_selection import KFold, PredefinedSplit
+from torch import nn
+
+THRESHOLDS = np.arange(0, 4, 0.01)
+"""The distance thresholds searched on each fold (the insightface grid, 400 values)."""
+
+FARS = (1e-3, 1e-2)
+
+
+# --------------------------------------------------------------------------- model helpers
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return torch.device("cpu")
+
+
+def split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(embeddings, activations)`` from a model output: a ``FaceOutput``, a tuple or a tensor."""
+    if hasattr(output, "embeddings"):
+        return output.embeddings, getattr(output, "activations", None)
+    if isinstance(output, (tuple, list)):
+        if len(output) != 2:
+            raise ValueError(
+                f"a face model must return (embeddings, activations); got a sequence of {len(output)}"
+            )
+        return output[0], output[1]
+    if isinstance(output, torch.Tensor):
+        return output, None
+    raise TypeError(f"cannot read embeddings from a model output of type {type(output).__name__}")
+
+
+def batch_images(batch: Any) -> torch.Tensor:
+    """The image tensor of a collated batch: a dict with "image", a (images, ...) tuple or a tensor."""
+    if isinstance(batch, dict):
+        if "image" not in batch:
+            raise KeyError(f"a batch dict needs an 'image' key; it has {sorted(batch)}")
+        return batch["image"]
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if isinstance(batch, torch.Tensor):
+        return batch
+    raise TypeError(f"cannot read images from a batch of type {type(batch).__name__}")
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """Mixed precision on CUDA (float16 autocast); a no-op context elsewhere."""
+    return torch.autocast(device_type="cuda", enabled=enabled and device.type == "cuda")
+
+
+def progress_bar(iterable: Iterable, enabled: bool, desc: str, total: int | None = None):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+@torch.no_grad()
+def extract_embeddings(
+    model: nn.Module,
+    loader: Iterable,
+    flip: bool = True,
+    device: str | torch.device | None = None,
+    amp: bool = True,
+    progress: bool = True,
+) -> np.ndarray:
+    """L2-normalised embeddings of every image a loader yields, in loader order.
+
+    Args:
+        model: returns ``FaceOutput(embeddings, activations)`` (or a tuple / a tensor of embeddings).
+        loader: yields batches of dicts with ``"image"`` (B, 3, S, S) in [0, 1], or image tensors.
+        flip: add the embedding of the horizontally mirrored image before normalising
+            (flip test-time augmentation, as the standard evaluation code does).
+        device: where to run; default the model's device. The model is moved there.
+        amp: float16 autocast on CUDA (ignored on CPU).
+        progress: show a progress bar.
+
+    Returns:
+        float32 array (N, D), each row of unit length.
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    chunks = []
+    total = len(loader) if hasattr(loader, "__len__") else None
+    try:
+        for batch in progress_bar(loader, progress, "embeddings", total):
+            images = batch_images(batch).to(device, non_blocking=True)
+            with autocast(device, amp):
+                embeddings = split_output(model(images))[0].float()
+                if flip:
+                    embeddings = embeddings + split_output(model(images.flip(-1)))[0].float()
+            chunks.append(F.normalize(embeddings, dim=1).cpu())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("the loader yielded no batches: nothing to embed")
+    return torch.cat(chunks).numpy().astype(np.float32)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+@dataclass
+class VerificationResult:
+    """The 10-fold verification numbers of one pair list.
+
+    Attributes:
+        accuracy: mean accuracy over folds. accuracy_std: their (population) standard deviation.
+        threshold: mean over folds of the chosen distance threshold.
+        fold_accuracies, fold_thresholds: per fold.
+        auc, eer: ROC area and equal error rate. tar_at_far: {far: tar} for FAR 1e-3 and 1e-2.
+        fpr, tpr, roc_thresholds: the ROC curve (thresholds on the score ``-distance``).
+        num_pairs, num_same: list size and number of same pairs.
+    """
+
+    accuracy: float
+    accuracy_std: float
+    threshold: float
+    fold_accuracies: np.ndarray
+    fold_thresholds: np.ndarray
+    auc: float
+    eer: float
+    tar_at_far: dict[float, float]
+    fpr: np.ndarray = field(repr=False)
+    tpr: np.ndarray = field(repr=False)
+    roc_thresholds: np.ndarray = field(repr=False)
+    num_pairs: int = 0
+    num_same: int = 0
+
+    def to_dict(self, curves: bool = False) -> dict[str, Any]:
+        """Plain-JSON numbers; the ROC curve too when ``curves``."""
+        out: dict[str, Any] = {
+            "accuracy": float(self.accuracy),
+            "accuracy_std": float(self.accuracy_std),
+            "threshold": float(self.threshold),
+            "fold_accuracies": [float(a) for a in self.fold_accuracies],
+            "auc": float(self.auc),
+            "eer": float(self.eer),
+            **{f"tar_at_far_{far:g}": float(tar) for far, tar in self.tar_at_far.items()},
+            "num_pairs": int(self.num_pairs),
+            "num_same": int(self.num_same),
+        }
+        if curves:
+            out["fpr"] = self.fpr.tolist()
+            out["tpr"] = self.tpr.tolist()
+        return out
+
+
+def balanced_folds(is_same: np.ndarray, folds: int = 10) -> np.ndarray:
+    """Fold ids that give every fold equal shares of same and different pairs, in list order.
+
+    The k-th same pair goes to fold ``k * folds // n_same``, the k-th different pair to fold
+    ``k * folds // n_diff`` (k counted from 0 in list order, within its kind).
+
+    Args:
+        is_same: bool (N,). folds: number of folds.
+
+    Returns:
+        int64 (N,) fold ids in 0..folds-1.
+    """
+    is_same = np.asarray(is_same, dtype=bool)
+    fold_ids = np.empty(len(is_same), dtype=np.int64)
+    for kind in (True, False):
+        where = np.flatnonzero(is_same == kind)
+        fold_ids[where] = np.arange(len(where)) * folds // max(len(where), 1)
+    return fold_ids
+
+
+def pair_distances(embeddings_a: np.ndarray, embeddings_b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance between the L2-normalised rows of two arrays (N, D) -> (N,)."""
+    a = np.asarray(embeddings_a, dtype=np.float64)
+    b = np.asarray(embeddings_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"embeddings_a and embeddings_b must both be (N, D); got {a.shape} and {b.shape}")
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return np.sum(np.square(a - b), axis=1)
+
+
+def _splits(is_same: np.ndarray, folds: int | np.ndarray, balanced: bool):
+    n = len(is_same)
+    if isinstance(folds, (int, np.integer)):
+        if folds < 2 or folds > n:
+            raise ValueError(f"folds must be between 2 and the number of pairs ({n}); got {folds}")
+        if balanced:
+            return list(PredefinedSplit(balanced_folds(is_same, int(folds))).split())
+        return list(KFold(n_splits=int(folds), shuffle=False).split(np.arange(n)))
+    fold_ids = np.asarray(folds)
+    if fold_ids.shape != (n,):
+        raise ValueError(f"fold ids must have one entry per pair ({n}); got shape {fold_ids.shape}")
+    if len(np.unique(fold_ids)) < 2:
+        raise ValueError("fold ids must name at least two folds")
+    return list(PredefinedSplit(fold_ids).split())
+
+
+def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
+    """True-accept rate at a false-accept rate, read from the ROC polyline (see module docstring)."""
+    i = int(np.searchsorted(fpr, far, side="right")) - 1
+    if i < 0:
+        return 0.0
+    if fpr[i] == far or i + 1 >= len(fpr):
+        return float(tpr[i])
+    t = (far - fpr[i]) / (fpr[i + 1] - fpr[i])
+    return float(tpr[i] + t * (tpr[i + 1] - tpr[i]))
+
+
+def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """The rate where false negatives equal false positives, interpolated on the ROC."""
+    gap = (1.0 - tpr) - fpr  # non-increasing along the curve
+    i = int(np.argmax(gap <= 0))
+    if gap[i] > 0:  # never crosses (cannot happen: the curve ends at fpr = tpr = 1)
+        return float(fpr[-1])
+    if i == 0:
+        return float(fpr[0])
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def verification(
+    embeddings_a: np.ndarray,
+    embeddings_b: np.ndarray,
+    is_same: np.ndarray,
+    folds: int | np.ndarray = 10,
+    balanced: bool = True,
+    thresholds: np.ndarray = THRESHOLDS,
+    fars: Sequence[float] = FARS,
+) -> VerificationResult:
+    """The k-fold verification protocol on pairs of embeddings.
+
+    Args:
+        embeddings_a, embeddings_b: (N, D), row i of each forms pair i (normalised here).
+        is_same: bool (N,), True for pairs of the same identity.
+        folds: number of folds (built in list order, see the module docstring) or explicit fold
+            ids (N,) such as ``PairList.fold``.
+        balanced: with an integer ``folds``, balance same/different pairs per fold (default) or
+            split into contiguous blocks like ``KFold(shuffle=False)``.
+        thresholds: distance grid searched on each fold.
+        fars: false-accept rates at which to report the true-accept rate.
+
+    Returns:
+        A ``VerificationResult``.
+    """
+    is_same = np.asarray(is_same, dtype=bool)
+    dist = pair_distances(embeddings_a, embeddings_b)
+    if len(is_same) != len(dist):
+        raise ValueError(f"is_same has {len(is_same)} entries but there are {len(dist)} pairs")
+    if is_same.all() or not is_same.any():
+        raise ValueError("verification needs both same and different pairs")
+    splits = _splits(is_same, folds, balanced)
+
+    # correct[n, t]: does threshold t classify pair n correctly ("same" when dist < t)?
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    correct = (dist[:, None] < thresholds[None, :]) == is_same[:, None]
+    fold_accuracies, fold_thresholds = [], []
+    for train, test in splits:
+        # Same arithmetic as the reference code: integer count / size, first maximum on ties.
+        acc_train = correct[train].sum(0) / len(train)
+        best = int(np.argmax(acc_train))
+        fold_thresholds.append(thresholds[best])
+        fold_accuracies.append(correct[test, best].sum() / len(test))
+    fold_accuracies = np.array(fold_accuracies)
+    fold_thresholds = np.array(fold_thresholds)
+
+    scores = -dist
+    fpr, tpr, roc_thresholds = roc_curve(is_same, scores, drop_intermediate=False)
+    return VerificationResult(
+        accuracy=float(fold_accuracies.mean()),
+        accuracy_std=float(fold_accuracies.std()),
+        threshold=float(fold_thresholds.mean()),
+        fold_accuracies=fold_accuracies,
+        fold_thresholds=fold_thresholds,
+        auc=float(roc_auc_score(is_same, scores)),
+        eer=equal_error_rate(fpr, tpr),
+        tar_at_far={float(far): tar_at_far(fpr, tpr, far) for far in fars},
+        fpr=fpr,
+        tpr=tpr,
+        roc_thresholds=roc_thresholds,
+        num_pairs=len(dist),
+        num_same=int(is_same.sum()),
+    )
+
+
+def evaluate_pairs(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    pairs: Any,
+    flip: bool = True,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    folds: int | str = "auto",
+    progress: bool = True,
+) -> VerificationResult:
+    """Embed a dataset once and run the verification protocol on a ``PairList`` into it.
+
+    Args:
+        model, flip, device, progress: as ``extract_embeddings``.
+        dataset: the images the pairs index.
+        pairs: an ``ecl.data.PairList`` (``index_a``, ``index_b``, ``is_same``, ``fold``).
+        folds: "auto" keeps ``pairs.fold`` when the list has one, else 10 balanced folds; an int
+            builds that many balanced folds; "given" requires ``pairs.fold``.
+    """
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    embeddings = extract_embeddings(model, loader, flip=flip, device=device, progress=progress)
+    fold_ids = getattr(pairs, "fold", None)
+    if folds == "given" and fold_ids is None:
+        raise ValueError("folds='given' but the pair list has no fold ids")
+    chosen: int | np.ndarray
+    if folds in ("auto", "given"):
+        chosen = np.asarray(fold_ids) if fold_ids is not None and len(np.unique(fold_ids)) > 1 else 10
+    else:
+        chosen = int(folds)
+    return verification(
+        embeddings[np.asarray(pairs.index_a)],
+        embeddings[np.asarray(pairs.index_b)],
+        np.asarray(pairs.is_same, dtype=bool),
+        folds=chosen,
+    )
+
+
+# --------------------------------------------------------------------------- insightface .bin packs
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers, bytes, numbers and bools: a .bin pack can run no code."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} from a .bin pack: only lists of bytes and bools are allowed"
+        )
+
+
+class BinPairs(torch.utils.data.Dataset):
+    """An insightface verification pack (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin`` ...).
+
+    The pack is a pickle of ``(bins, issame_list)``: ``2 N`` encoded images (pair i is images
+    ``2i`` and ``2i+1``) and ``N`` booleans. It is read with an unpickler that accepts plain
+    bytes/lists/bools only, so a crafted file cannot execute code; packs that store numpy
+    objects are refused with that message.
+
+    Items are dicts ``{"image", "label", "landmarks", "index"}`` like every ecl dataset; ``label`` is
+    -1 (identities are unknown) and ``landmarks`` is empty (0, 2).
+    """
+
+    landmark_names: tuple[str, ...] = ()
+    part_names: tuple[str, ...] = ()
+    num_classes = 0
+
+    def __init__(self, path: str | Path, image_size: int = 112):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no insightface .bin pack at {path}")
+        with path.open("rb") as f:
+            bins, issame = _SafeUnpickler(f, encoding="bytes").load()
+        if len(bins) != 2 * len(issame):
+            raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs (expected twice as many)")
+        self.bins = [bytes(b) for b in bins]
+        self.image_size = image_size
+        self.labels = [-1] * len(self.bins)
+        n = len(issame)
+        from types import SimpleNamespace
+
+        self.pairs = SimpleNamespace(
+            index_a=np.arange(0, 2 * n, 2),
+            index_b=np.arange(1, 2 * n, 2),
+            is_same=np.asarray(issame, dtype=bool),
+            fold=None,  # the packs are 10 contiguous balanced blocks: balanced folds reproduce them
+        )
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(self.bins[index])).convert("RGB")
+        if image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        return {
+            "image": torch.from_numpy(array).permute(2, 0, 1).contiguous(),
+            "label": -1,
+            "landmarks": torch.zeros(0, 2),
+            "index": index,
+        }
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _load_data(spec: str, image_size: int, max_images: int | None):
+    """(dataset, pairs, eval_dataset_for_explainability_or_None) for a --data spec."""
+    kind, _, root = spec.partition(":")
+    if kind == "bin":
+        dataset = BinPairs(root, image_size=image_size)
+        return dataset, dataset.pairs, None
+    from ecl import data as ecl_data
+
+    if kind == "faceparts":
+        dataset = ecl_data.build_dataset("faceparts", None, split="test", image_size=image_size)
+    elif kind in ("lfw", "celeba"):
+        if not root:
+            raise SystemExit(f"--data {kind}:ROOT needs the dataset folder, e.g. --data {kind}:../shared/data/{kind}")
+        dataset = ecl_data.build_dataset(kind, root, split="test", image_size=image_size)
+    else:
+        raise SystemExit(f"unknown --data {spec!r}: use faceparts, lfw:ROOT, celeba:ROOT or bin:FILE")
+    pairs = getattr(dataset, "pairs", None)
+    if pairs is None:
+        pairs = ecl_data.build_pairs(dataset)
+    return dataset, pairs, dataset
+
+
+def _json_default(value: Any):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``evaluate`` command: verification and explainability numbers as one JSON object."""
+    from ecl import explain
+    from ecl.train import load_run
+
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _config = load_run(args.checkpoint, map_location="cpu")
+    model.to(device).eval()
+    image_size = int(getattr(model, "image_size", 112))
+    dataset, pairs, explain_dataset = _load_data(args.data, image_size, args.max_images)
+    progress = not args.quiet
+    if args.max_images is not None and len(dataset) > args.max_images:
+        keep = np.flatnonzero(
+            (np.asarray(pairs.index_a) < args.max_images) & (np.asarray(pairs.index_b) < args.max_images)
+        )
+        from types import SimpleNamespace
+
+        fold = getattr(pairs, "fold", None)
+        pairs = SimpleNamespace(
+            index_a=np.asarray(pairs.index_a)[keep],
+            index_b=np.asarray(pairs.index_b)[keep],
+            is_same=np.asarray(pairs.is_same)[keep],
+            fold=None if fold is None else np.asarray(fold)[keep],
+        )
+        dataset = torch.utils.data.Subset(dataset, range(args.max_images))
+    result = evaluate_pairs(
+        model, dataset, pairs, flip=not args.no_flip, batch_size=args.batch_size, device=device, progress=progress
+    )
+    output: dict[str, Any] = {
+        "checkpoint": str(args.checkpoint),
+        "data": args.data,
+        "verification": result.to_dict(),
+    }
+    if explain_dataset is not None and not args.no_explain:
+        output["explainability"] = explain.explainability_report(
+            model,
+            explain_dataset,
+            batch_size=args.batch_size,
+            max_images=args.max_images,
+            device=device,
+            progress=progress,
+        )
+    text = json.dumps(output, default=_json_default, allow_nan=True)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``python -m ecl evaluate``."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="verification and explainability numbers of a trained run",
+        description=(
+            "Evaluate a checkpoint: 10-fold verification (accuracy, AUC, EER, TAR@FAR) and the "
+            "explainability metrics (location instability, part IoU, peak hit rate, translation "
+            "tracking, part coverage) on original and jittered images. Prints one JSON object."
+        ),
+    )
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint written by `ecl train`")
+    parser.add_argument(
+        "--data",
+        default="faceparts",
+        help="faceparts | lfw:ROOT | celeba:ROOT | bin:FILE (an insightface verification pack)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
+    parser.add_argument("--no-explain", action="store_true", help="verification only")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--out", default=None, help="also write the JSON object to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+__all__ = [
+    "FARS",
+    "THRESHOLDS",
+    "BinPairs",
+    "VerificationResult",
+    "add_subparser",
+    "balanced_folds",
+    "equal_error_rate",
+    "evaluate_pairs",
+    "extract_embeddings",
+    "pair_distances",
+    "tar_at_far",
+    "verification",
+]

@@ -1,0 +1,235 @@
+"""Verification protocol: hand-checked numbers, the reference algorithm, and the embedding pass."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ecl.evaluate import (
+    BinPairs,
+    balanced_folds,
+    evaluate_pairs,
+    extract_embeddings,
+    tar_at_far,
+    verification,
+)
+
+
+def embeddings_at_distances(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit 2-D vectors whose squared distance is exactly the given values (d = 2 - 2 cos)."""
+    angles = np.arccos(1.0 - np.asarray(distances) / 2.0)
+    a = np.stack([np.ones_like(angles), np.zeros_like(angles)], axis=1)
+    b = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return a, b
+
+
+# Four same pairs then four different pairs (View-1 style), distances off the threshold grid.
+SAME = [0.205, 0.605, 1.105, 0.405]
+DIFF = [1.505, 0.905, 2.505, 3.005]
+
+
+def test_hand_checked_two_fold_case():
+    a, b = embeddings_at_distances(np.array(SAME + DIFF))
+    is_same = np.array([True] * 4 + [False] * 4)
+    # Balanced folds: same pairs 0,1 and different pairs 0,1 form fold 0.
+    np.testing.assert_array_equal(balanced_folds(is_same, 2), [0, 0, 1, 1, 0, 0, 1, 1])
+    result = verification(a, b, is_same, folds=2)
+    # Fold 0 is tested with the threshold learnt on fold 1 (1.11: first grid value above 1.105):
+    # 0.905 (different) is then called "same": 3/4. Fold 1 with 0.61 misses 1.105 (same): 3/4.
+    np.testing.assert_allclose(result.fold_thresholds, [1.11, 0.61])
+    np.testing.assert_allclose(result.fold_accuracies, [0.75, 0.75])
+    assert result.accuracy == pytest.approx(0.75)
+    assert result.accuracy_std == pytest.approx(0.0)
+    assert result.threshold == pytest.approx(0.86)
+    # 15 of the 16 (same, different) orderings are right: only 1.105 > 0.905.
+    assert result.auc == pytest.approx(15 / 16)
+    # ROC: (0, .75) then (.25, .75): false negatives meet false positives at 0.25.
+    assert result.eer == pytest.approx(0.25)
+    assert result.tar_at_far[1e-3] == pytest.approx(0.75)
+    assert result.tar_at_far[1e-2] == pytest.approx(0.75)
+
+
+def test_contiguous_split_of_an_unbalanced_list_is_what_the_balancing_avoids():
+    a, b = embeddings_at_distances(np.array(SAME + DIFF))
+    is_same = np.array([True] * 4 + [False] * 4)
+    result = verification(a, b, is_same, folds=2, balanced=False)
+    # Fold 0 (all same) is tested with the threshold learnt on different pairs only (0.0): 0/4.
+    # Fold 1 (all different) with 1.11 misses 0.905: 3/4.
+    np.testing.assert_allclose(result.fold_accuracies, [0.0, 0.75])
+    np.testing.assert_allclose(result.fold_thresholds, [0.0, 1.11])
+
+
+def reference_verification(a: np.ndarray, b: np.ndarray, is_same: np.ndarray, nfolds: int):
+    """The documented algorithm of the standard evaluation code, written out with plain loops."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    dist = np.sum(np.square(a - b), axis=1)
+    thresholds = np.arange(0, 4, 0.01)
+    indices = np.arange(len(dist))
+    test_sets = np.array_split(indices, nfolds)  # KFold(shuffle=False): contiguous, first ones larger
+
+    def accuracy(threshold, d, same):
+        predict = d < threshold
+        tp = np.sum(predict & same)
+        tn = np.sum(~predict & ~same)
+        return float(tp + tn) / d.size
+
+    accuracies, chosen = [], []
+    for test in test_sets:
+        train = np.setdiff1d(indices, test)
+        train_acc = [accuracy(t, dist[train], is_same[train]) for t in thresholds]
+        best = int(np.argmax(train_acc))
+        chosen.append(thresholds[best])
+        accuracies.append(accuracy(thresholds[best], dist[test], is_same[test]))
+    return np.array(accuracies), np.array(chosen)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_matches_the_reference_protocol_on_a_blocked_list(balanced):
+    rng = np.random.default_rng(0)
+    nfolds, half = 10, 12
+    # 10 blocks of 12 same + 12 different pairs, like LFW pairs.txt: both fold rules coincide.
+    is_same = np.tile(np.r_[np.ones(half, bool), np.zeros(half, bool)], nfolds)
+    a = rng.normal(size=(len(is_same), 16))
+    noise = np.where(is_same[:, None], 0.9, 3.0)
+    b = a + noise * rng.normal(size=a.shape)
+    ref_acc, ref_thr = reference_verification(a, b, is_same, nfolds)
+    result = verification(a, b, is_same, folds=nfolds, balanced=balanced)
+    np.testing.assert_array_equal(result.fold_thresholds, ref_thr)
+    np.testing.assert_allclose(result.fold_accuracies, ref_acc)
+    assert result.accuracy == pytest.approx(ref_acc.mean())
+    assert result.accuracy_std == pytest.approx(ref_acc.std())
+    assert 0.6 < result.accuracy < 1.0  # a case where thresholds matter
+
+
+def test_balanced_folds_reproduce_the_blocks_of_pairs_txt():
+    is_same = np.tile(np.r_[np.ones(300, bool), np.zeros(300, bool)], 10)
+    np.testing.assert_array_equal(balanced_folds(is_same, 10), np.repeat(np.arange(10), 600))
+
+
+def test_explicit_fold_ids_are_kept():
+    a, b = embeddings_at_distances(np.array(SAME + DIFF))
+    is_same = np.array([True] * 4 + [False] * 4)
+    result = verification(a, b, is_same, folds=np.array([0, 0, 1, 1, 0, 0, 1, 1]))
+    np.testing.assert_allclose(result.fold_accuracies, [0.75, 0.75])
+    with pytest.raises(ValueError, match="one entry per pair"):
+        verification(a, b, is_same, folds=np.zeros(3, int))
+
+
+def test_separable_embeddings_score_one_and_identical_embeddings_score_one_half():
+    rng = np.random.default_rng(1)
+    n = 200
+    is_same = np.r_[np.ones(n // 2, bool), np.zeros(n // 2, bool)]
+    # The same person always gives the same embedding; different people are far apart.
+    a, b = embeddings_at_distances(np.where(is_same, 0.0, rng.uniform(1.5, 3.5, n)))
+    result = verification(a, b, is_same)
+    assert result.accuracy == 1.0
+    assert result.auc == 1.0
+    assert result.eer == 0.0
+    assert result.tar_at_far[1e-3] == 1.0
+
+    same_everywhere = np.ones((n, 8))
+    result = verification(same_everywhere, same_everywhere, is_same)
+    assert result.accuracy == pytest.approx(0.5)
+    assert result.auc == pytest.approx(0.5)
+
+
+def test_tar_at_far_reads_the_roc_polyline():
+    fpr = np.array([0.0, 0.0, 0.5, 0.5, 1.0])
+    tpr = np.array([0.0, 0.4, 0.4, 0.9, 1.0])
+    assert tar_at_far(fpr, tpr, 0.25) == pytest.approx(0.4)  # horizontal segment
+    assert tar_at_far(fpr, tpr, 0.5) == pytest.approx(0.9)  # top of a vertical segment
+    assert tar_at_far(fpr, tpr, 0.75) == pytest.approx(0.95)
+
+
+def test_bad_inputs_are_named():
+    a = np.ones((4, 3))
+    with pytest.raises(ValueError, match="both same and different"):
+        verification(a, a, np.ones(4, bool), folds=2)
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        verification(a, np.ones((3, 3)), np.ones(4, bool))
+
+
+class MeanColour(nn.Module):
+    """Embeds an image as its mean colour plus left/right asymmetry; activations are the image."""
+
+    def forward(self, images):
+        left, right = images[..., : images.shape[-1] // 2], images[..., images.shape[-1] // 2 :]
+        embeddings = torch.cat([images.mean((2, 3)), (left.mean((2, 3)) - right.mean((2, 3)))], dim=1)
+        return embeddings, images
+
+
+def test_extract_embeddings_normalises_and_flip_sums_mirrors():
+    images = torch.rand(5, 3, 8, 8)
+    loader = [{"image": images[:3]}, {"image": images[3:]}]
+    plain = extract_embeddings(MeanColour(), loader, flip=False, progress=False)
+    assert plain.shape == (5, 6)
+    np.testing.assert_allclose(np.linalg.norm(plain, axis=1), 1.0, rtol=1e-5)
+    flipped = extract_embeddings(MeanColour(), loader, flip=True, progress=False)
+    # The asymmetry features cancel between an image and its mirror.
+    np.testing.assert_allclose(flipped[:, 3:], 0.0, atol=1e-6)
+
+
+class ColourDataset(torch.utils.data.Dataset):
+    def __init__(self, colours):
+        self.colours = colours
+
+    def __len__(self):
+        return len(self.colours)
+
+    def __getitem__(self, index):
+        image = torch.ones(3, 8, 8) * torch.tensor(self.colours[index]).view(3, 1, 1)
+        return {"image": image, "label": index, "landmarks": torch.zeros(0, 2), "index": index}
+
+
+def test_evaluate_pairs_on_a_pair_list():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    colours = rng.uniform(0.05, 1, size=(40, 3)).astype(np.float32)
+    dataset = ColourDataset(colours)
+    index_a = np.arange(0, 40, 2)
+    index_b = np.arange(1, 40, 2)
+    # Each odd image repeats its even neighbour's colour in the first half: same pairs are exact.
+    for i in range(10):
+        colours[index_b[i]] = colours[index_a[i]]
+    is_same = np.r_[np.ones(10, bool), np.zeros(10, bool)]
+    pairs = SimpleNamespace(index_a=index_a, index_b=index_b, is_same=is_same, fold=None)
+    result = evaluate_pairs(MeanColour(), dataset, pairs, flip=True, batch_size=7, progress=False)
+    assert result.num_pairs == 20
+    assert result.accuracy > 0.8
+
+
+def write_pack(path, images, issame):
+    from PIL import Image
+
+    bins = []
+    for array in images:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        bins.append(buffer.getvalue())
+    with open(path, "wb") as f:
+        pickle.dump((bins, list(issame)), f)
+
+
+def test_bin_pack_is_read_and_code_in_it_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(4, 16, 16, 3), dtype=np.uint8)
+    write_pack(tmp_path / "tiny.bin", images, [True, False])
+    pack = BinPairs(tmp_path / "tiny.bin", image_size=16)
+    assert len(pack) == 4
+    item = pack[1]
+    assert item["image"].shape == (3, 16, 16)
+    np.testing.assert_allclose(item["image"].permute(1, 2, 0).numpy(), images[1] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(pack.pairs.index_a, [0, 2])
+    np.testing.assert_array_equal(pack.pairs.is_same, [True, False])
+
+    with open(tmp_path / "evil.bin", "wb") as f:
+        pickle.dump((np.zeros(2), [True]), f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        BinPairs(tmp_path / "evil.bin")
