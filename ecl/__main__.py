@@ -1,0 +1,5 @@
+import sys
+
+from ecl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""Notebook set-up shared by every chapter: renderers, seeds, threads, data roots.
+
+Chapters call :func:`setup` in their first code cell. It changes process-wide settings only when called,
+never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Where the book's source lives; the Colab badge and the guarded install cell point here.
+REPO_URL = "https://github.com/ecl-book/ecl"
+#: The ``pip install`` target a Colab session uses (the same as a user would type).
+PIP_TARGET = f"ecl[book] @ git+{REPO_URL}"
+
+
+@dataclass(frozen=True)
+class NotebookContext:
+    """What :func:`setup` decided, for the chapter to print or use.
+
+    Attributes:
+        device: ``"cuda"``, ``"mps"`` or ``"cpu"``.
+        in_colab: Whether the notebook runs on Google Colab.
+        seed: The seed applied to ``random``, numpy and torch.
+    """
+
+    device: str
+    in_colab: bool
+    seed: int
+
+
+def in_colab() -> bool:
+    """Whether this kernel runs on Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def setup(seed: int = 0, threads: int | None = None) -> NotebookContext:
+    """Prepare a chapter: plotly inlined in the saved page, offline model hubs, seeds, CPU threads.
+
+    Args:
+        seed: Seed for ``random``, numpy and torch.
+        threads: torch intra-op threads; default leaves torch's choice.
+
+    Returns:
+        A :class:`NotebookContext`.
+    """
+    import numpy as np
+    import plotly.io as pio
+    import torch
+
+    # "notebook" inlines plotly.js into the saved output, so the published page draws the figure with no
+    # network; the default renderer stores only JSON, which the book cannot show.
+    pio.renderers["notebook"] = _offline_notebook_renderer(pio.renderers["notebook"])
+    pio.renderers.default = "notebook"
+    # Model weights are never downloaded by the book; a user who wants them passes pretrained=True.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        device = "cuda"
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device = "mps"
+    else:
+        device = "cpu"
+    return NotebookContext(device=device, in_colab=in_colab(), seed=seed)
+
+
+def find_data_root(name: str, data_root: str | os.PathLike | None = None) -> Path | None:
+    """Locate a real dataset folder for a chapter, or ``None`` when it is not on this machine.
+
+    Looks in ``data_root`` (a chapter parameter), then ``$ECL_DATA_ROOT``, then the ``shared/data`` folder
+    that developer machines and CI carry beside the repository.
+
+    Args:
+        name: Dataset folder name, e.g. ``"lfw"`` or ``"celeba_subset"``.
+        data_root: Folder holding dataset folders.
+
+    Returns:
+        The dataset folder, or ``None``.
+    """
+    candidates = []
+    if data_root:
+        candidates.append(Path(data_root))
+    if os.environ.get("ECL_DATA_ROOT"):
+        candidates.append(Path(os.environ["ECL_DATA_ROOT"]))
+    repo = Path(__file__).resolve().parents[1]
+    candidates.append(repo.parent / "shared" / "data")
+    for base in candidates:
+        if (base / name).is_dir():
+            return base / name
+    return None
+
+
+def _offline_notebook_renderer(renderer):
+    """Plotly's ``notebook`` renderer without the MathJax ``<script>`` it loads from a CDN for each figure.
+
+    The book serves its own MathJax (vendored), so that tag would only be a failed network request offline
+    (or a second MathJax online). Idempotent: an already offline renderer is returned as it is.
+    """
+    from plotly.io._base_renderers import NotebookRenderer
+
+    if getattr(renderer, "_ecl_offline", False):
+        return renderer
+
+    class OfflineNotebookRenderer(NotebookRenderer):
+        _ecl_offline = True
+
+        def to_mimebundle(self, fig_dict):
+            bundle = super().to_mimebundle(fig_dict)
+            html = bundle.get("text/html", "")
+            bundle["text/html"] = re.sub(r'<script src="https://[^"]*mathjax[^"]*"></script>', "", html)
+            return bundle
+
+    return OfflineNotebookRenderer(config=renderer.config)

@@ -1,0 +1,177 @@
+"""The book runner and the offline HTML book: execution, failure reporting, build, and what a reader sees."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import yaml
+
+from ecl.book import BookError, check_executed, run_book, toc_notebooks
+
+pytestmark = pytest.mark.book
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _notebook(cells: list[tuple[str, str, list[str]]]) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for kind, source, tags in cells:
+        cell = nbformat.v4.new_code_cell(source) if kind == "code" else nbformat.v4.new_markdown_cell(source)
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    return nb
+
+
+SMOKE = [
+    ("markdown", "# Smoke chapter\n\nAn equation: $$\\mathcal{L} = \\mathcal{L}_{id} + \\lambda \\mathcal{L}_{match}$$", []),
+    ("code", 'profile = "full"', ["parameters"]),
+    ("code", "import ecl.notebook\nctx = ecl.notebook.setup(seed=0)\nprint('profile', profile)", []),
+    ("code", "import plotly.graph_objects as go\ngo.Figure(go.Scatter(x=[0, 1, 2], y=[2, 0, 1]))", []),
+    ("code", "import ipywidgets as widgets\nwidgets.IntSlider(value=3, min=0, max=9, description='channel')", []),
+]
+
+
+def _make_book(tmp: Path, notebooks: dict[str, list]) -> Path:
+    """A small book with the project's real _config.yml and vendored JavaScript."""
+    shutil.copy2(REPO / "_config.yml", tmp / "_config.yml")
+    shutil.copytree(REPO / "_vendor", tmp / "_vendor")
+    (tmp / "book").mkdir()
+    shutil.copy2(REPO / "book" / "references.bib", tmp / "book" / "references.bib")
+    (tmp / "book" / "intro.md").write_text("# Intro\n\nA test book.\n")
+    chapters = []
+    for name, cells in notebooks.items():
+        nbformat.write(_notebook(cells), str(tmp / "book" / f"{name}.ipynb"))
+        chapters.append({"file": f"book/{name}"})
+    toc = {"format": "jb-book", "root": "book/intro", "chapters": chapters}
+    (tmp / "_toc.yml").write_text(yaml.safe_dump(toc))
+    return tmp
+
+
+def test_toc_lists_the_real_books_notebooks_in_order():
+    notebooks = toc_notebooks(REPO)
+    assert notebooks, "the book's _toc.yml lists no notebook"
+    assert all(p.suffix == ".ipynb" and (REPO / p).is_file() for p in notebooks)
+    assert notebooks == sorted(notebooks, key=lambda p: p.name), "chapters should be listed in NN- order"
+
+
+def test_every_chapter_has_exactly_one_parameters_cell_and_no_outputs():
+    for rel in toc_notebooks(REPO):
+        nb = nbformat.read(str(REPO / rel), as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{rel}: {len(tagged)} cells tagged 'parameters', want 1"
+        assert "profile" in tagged[0].source, f"{rel}: the parameters cell must define `profile`"
+        stale = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("outputs")]
+        assert not stale, f"{rel}: cells {stale} carry outputs; commit chapters stripped (the runner executes them)"
+
+
+def test_vendored_javascript_matches_its_checksums():
+    lines = (REPO / "_vendor" / "SHA256SUMS").read_text().split("\n")
+    entries = [line.split() for line in lines if line.strip()]
+    assert {name for _, name in entries} >= {"./widgets/require.js", "./widgets/embed-amd.js", "./mathjax/tex-mml-chtml.js"}
+    for digest, name in entries:
+        assert hashlib.sha256((REPO / "_vendor" / name).read_bytes()).hexdigest() == digest, name
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    """A one-chapter book (equation, plotly figure, widget) executed and built by the runner."""
+    root = _make_book(tmp_path_factory.mktemp("smoke"), {"01-smoke": SMOKE})
+    lines: list[str] = []
+    html = run_book(root, profile="quick", echo=lines.append)
+    return root, html, lines
+
+
+def test_runner_executes_with_profile_parameters_and_builds(smoke_book):
+    root, html, lines = smoke_book
+    executed = nbformat.read(str(root / "_build" / "executed" / "book" / "01-smoke.ipynb"), as_version=4)
+    printed = "".join(o.get("text", "") for o in executed.cells[3].outputs)
+    assert "profile quick" in printed, "the quick profile's parameter did not reach the notebook"
+    assert any("book/01-smoke.ipynb" in line and " s " in line for line in lines), lines
+    page = (html / "book" / "01-smoke.html").read_text()
+    # plotly.js inlined (no CDN), widget state saved, scripts served locally.
+    assert "plotly-graph-div" in page and "Plotly.newPlot" in page
+    remote = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"', page)
+    assert not [url for url in remote if url.endswith((".js", ".css"))], f"page loads code from the network: {remote}"
+    assert "application/vnd.jupyter.widget-state+json" in page
+    assert "_static/widgets/embed-amd.js" in page and "_static/mathjax/tex-mml-chtml.js" in page
+    # The source notebook stays stripped.
+    source = nbformat.read(str(root / "book" / "01-smoke.ipynb"), as_version=4)
+    assert not any(c.get("outputs") for c in source.cells if c.cell_type == "code")
+
+
+def test_failing_cell_stops_the_runner_naming_notebook_and_cell(tmp_path):
+    failing = [
+        ("code", 'profile = "quick"', ["parameters"]),
+        ("code", "x = 1", []),
+        ("code", "raise ValueError('channel 7 exploded')", []),
+    ]
+    root = _make_book(tmp_path, {"01-ok": SMOKE[:3], "02-broken": failing})
+    with pytest.raises(BookError) as err:
+        run_book(root, profile="quick", build=False, echo=lambda _: None)
+    message = str(err.value)
+    assert "02-broken.ipynb" in message and "cell 3" in message and "channel 7 exploded" in message
+
+
+def test_cli_exit_code_and_message_on_failure(tmp_path):
+    failing = [("code", 'profile = "quick"', ["parameters"]), ("code", "1 / 0", [])]
+    root = _make_book(tmp_path, {"01-broken": failing})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecl", "book", "--root", str(root), "--no-build"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 1
+    assert "01-broken.ipynb" in proc.stderr and "ZeroDivisionError" in proc.stderr
+
+
+def test_check_executed_rejects_unexecuted_and_error_cells(tmp_path):
+    nb = _notebook([("code", "x = 1", [])])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    with pytest.raises(BookError, match="never executed"):
+        check_executed(path)
+    nb.cells[0].execution_count = 1
+    nb.cells[0].outputs = [nbformat.v4.new_output("error", ename="KeyError", evalue="'eyes'", traceback=[])]
+    nbformat.write(nb, str(path))
+    with pytest.raises(BookError, match="KeyError"):
+        check_executed(path)
+
+
+def test_notebook_without_parameters_cell_is_refused(tmp_path):
+    root = _make_book(tmp_path, {"01-noparams": [("code", "x = 1", [])]})
+    with pytest.raises(BookError, match="parameters"):
+        run_book(root, build=False, echo=lambda _: None)
+
+
+def test_build_fails_on_an_output_the_book_cannot_show(tmp_path):
+    # Plotly's default renderer stores only its JSON mime type: the page would silently lack the figure.
+    cells = [
+        ("code", 'profile = "quick"', ["parameters"]),
+        ("code", "import plotly.io as pio, plotly.graph_objects as go\npio.renderers.default = 'plotly_mimetype'\n"
+                 "go.Figure(go.Bar(x=[1], y=[2]))", []),
+    ]
+    root = _make_book(tmp_path, {"01-json-only": cells})
+    with pytest.raises(BookError, match="jupyter-book build failed"):
+        run_book(root, echo=lambda _: None)
+
+
+@pytest.mark.browser
+def test_built_page_renders_offline_in_chromium(smoke_book):
+    """What a reader sees, with the network cut: the figure drawn, the widget drawn, the equation typeset."""
+    from browser import dump_dom
+
+    _, html, _ = smoke_book
+    dom = dump_dom(html / "book" / "01-smoke.html")
+    assert 'class="main-svg"' in dom, "plotly did not draw the figure"
+    assert "widget-slider" in dom, "the ipywidgets slider was not drawn from its saved state"
+    assert "<mjx-container" in dom, "MathJax did not typeset the equation"
