@@ -1,0 +1,999 @@
+"""Explainability metrics of a target layer (METHOD section 6).
+
+All metrics read the target-layer ``activations`` (B, C, H, W) a ``FaceModel`` returns.
+
+- Peaks. A map's peak is its argmax cell (first on ties) ``(i, j)``; in image pixels it is the
+  centre of that receptive-field cell, ``x = (j + 0.5) * S_w / W``, ``y = (i + 0.5) * S_h / H``.
+- ``collect_activations`` makes one streaming pass: per image and channel it keeps the maximum
+  activation and the peak cell (O(N C) numbers), per channel a histogram sketch of all raw
+  activation values (for the Network Dissection quantile), and, for datasets with part masks, how
+  often each channel's peak falls inside each part (O(C P) counts). No activation map is kept.
+- ``location_instability`` (ICNN), ``part_iou`` (Network Dissection; a second streaming pass that
+  needs the quantile thresholds of the first), ``peak_hit_rate`` (pointing game),
+  ``translation_tracking`` (label-free: does a channel's peak follow the face when the image
+  shifts?) and ``part_coverage`` (how many channels each part gets, and the entropy of that).
+- ``explainability_report`` runs everything on a dataset and on jittered copies of it.
+
+Approximations, stated where they are made:
+- The (1 - q) activation quantile comes from a per-channel histogram of ``bins`` equal bins over
+  [0, hi], where ``hi`` doubles (merging bin pairs) whenever a larger value arrives; exact zeros are
+  counted apart. The estimate is interpolated inside its bin, so its error is at most one bin
+  width, ``hi / bins <= 2 * max / bins`` (0.1% of the channel's largest activation for 2048 bins).
+- Part masks of data with 68 landmarks and no annotated masks are polygons drawn through the
+  landmarks (``landmark_part_masks``): eyes 36-41 / 42-47, mouth 48-59, nose as the convex hull of
+  27-35, eyebrows as a thick line through 17-21 / 22-26 (width 0.1 x the eye distance). They are
+  coarse stand-ins for annotated masks, and dlib's points are machine output, not manual labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ecl.evaluate import autocast, batch_images, model_device, progress_bar, split_output
+
+DEFAULT_SHIFTS: tuple[tuple[int, int], ...] = (
+    (1, 0), (-1, 0), (2, 0), (-2, 0), (0, 1), (0, -1), (0, 2), (0, -2),
+)  # fmt: skip
+"""(dx, dy) image shifts in target-layer cells used by ``translation_tracking``."""
+
+LANDMARK_PART_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "left_brow", "right_brow", "nose", "mouth")
+"""Parts ``landmark_part_masks`` draws from 68 iBUG points (left/right as seen in the image)."""
+
+
+# --------------------------------------------------------------------------- peaks
+
+
+def peak_cells(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximum and argmax cell of every map.
+
+    Args:
+        activations: (B, C, H, W).
+
+    Returns:
+        ``(max_activation (B, C), cells (B, C, 2) long (i, j))``; ties go to the first cell in
+        row-major order.
+    """
+    b, c, h, w = activations.shape
+    values, flat = activations.reshape(b, c, h * w).max(dim=2)
+    return values, torch.stack([flat // w, flat % w], dim=-1)
+
+
+def cells_to_pixels(cells: np.ndarray | torch.Tensor, map_size: tuple[int, int], image_size: tuple[int, int]):
+    """Cell ``(i, j)`` -> the pixel ``(x, y)`` of its receptive-field centre.
+
+    Shape: cells (..., 2) -> (..., 2) float, x = (j + 0.5) * S_w / W and y = (i + 0.5) * S_h / H.
+    """
+    (h, w), (image_h, image_w) = map_size, image_size
+    if isinstance(cells, torch.Tensor):
+        cells = cells.float()
+        return torch.stack([(cells[..., 1] + 0.5) * image_w / w, (cells[..., 0] + 0.5) * image_h / h], dim=-1)
+    cells = np.asarray(cells, dtype=np.float32)
+    return np.stack([(cells[..., 1] + 0.5) * image_w / w, (cells[..., 0] + 0.5) * image_h / h], axis=-1)
+
+
+def _activations(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    activations = split_output(model(images))[1]
+    if activations is None or activations.ndim != 4:
+        raise ValueError("the model must return (embeddings, activations) with activations (B, C, H, W)")
+    return activations.float()
+
+
+# --------------------------------------------------------------------------- quantile sketch
+
+
+class QuantileSketch:
+    """Per-channel streaming histogram of non-negative values, for a high quantile.
+
+    Bins are equal over [0, hi]; ``hi`` starts at the first positive maximum and doubles
+    (merging bin pairs) whenever a larger value arrives, so the bin width stays within
+    ``2 * max / bins``. Exact zeros (most of a ReLU map) are counted apart.
+
+    Args:
+        num_channels: C. bins: histogram bins per channel (a power of two).
+        device: where the counts live (the activations' device avoids copies).
+    """
+
+    def __init__(self, num_channels: int, bins: int = 2048, device: str | torch.device = "cpu"):
+        if bins < 2 or bins & (bins - 1):
+            raise ValueError(f"bins must be a power of two >= 2; got {bins}")
+        self.bins = bins
+        self.hist = torch.zeros(num_channels, bins, dtype=torch.long, device=device)
+        self.hi = torch.zeros(num_channels, dtype=torch.float64, device=device)
+        self.zeros = torch.zeros(num_channels, dtype=torch.long, device=device)
+        self.count = 0
+
+    def update(self, values: torch.Tensor) -> None:
+        """Add values (C, n); negative values count as zeros (maps are taken after a ReLU)."""
+        values = values.detach().float().clamp_min(0)
+        num_channels = values.shape[0]
+        self.count += values.shape[1]
+        positive = values > 0
+        self.zeros += (~positive).sum(1)
+        vmax = values.max(1).values.double()
+        first = (self.hi == 0) & (vmax > 0)
+        self.hi[first] = vmax[first]
+        grow = vmax > self.hi
+        if grow.any():
+            rows = torch.nonzero(grow).flatten()
+            hi, target = self.hi[rows].cpu().numpy(), vmax[rows].cpu().numpy()
+            doublings = np.ceil(np.log2(target / hi)).astype(np.int64)
+            doublings += hi * 2.0**doublings < target  # guard against log2 rounding down
+            max_doublings = int(math.log2(self.bins))
+            for k in np.unique(doublings):
+                idx = rows[torch.as_tensor(doublings == k, device=rows.device)]
+                factor = 2 ** min(int(k), max_doublings)
+                merged = self.hist[idx].reshape(len(idx), self.bins // factor, factor).sum(-1)
+                self.hist[idx] = F.pad(merged, (0, self.bins - self.bins // factor))
+                self.hi[idx] *= 2.0 ** int(k)
+        scale = (self.bins / self.hi.clamp_min(1e-30)).float()[:, None]
+        bucket = (values * scale).long().clamp_(0, self.bins - 1)
+        offsets = torch.arange(num_channels, device=values.device)[:, None] * self.bins
+        flat = (bucket + offsets)[positive]
+        self.hist += torch.bincount(flat, minlength=num_channels * self.bins).reshape(num_channels, self.bins)
+
+    def quantile(self, level: float) -> torch.Tensor:
+        """The ``level`` quantile (e.g. 0.995) of every channel's values, float64 (C,)."""
+        if self.count == 0:
+            raise ValueError("the sketch holds no values")
+        rank = level * self.count - self.zeros.double()  # how many positive values lie below it
+        cumulative = self.hist.double().cumsum(1)
+        index = torch.searchsorted(cumulative, rank[:, None].clamp_min(0)).squeeze(1).clamp_(max=self.bins - 1)
+        before = torch.where(index > 0, cumulative.gather(1, (index - 1).clamp_min(0)[:, None]).squeeze(1), 0.0)
+        inside = self.hist.double().gather(1, index[:, None]).squeeze(1)
+        fraction = ((rank - before) / inside.clamp_min(1)).clamp(0, 1)
+        width = self.hi / self.bins
+        value = (index.double() + fraction) * width
+        return torch.where(rank <= 0, torch.zeros_like(value), value)
+
+
+# --------------------------------------------------------------------------- one streaming pass
+
+
+@dataclass
+class ActivationStats:
+    """What one pass over a dataset keeps about a target layer (no activation maps).
+
+    Attributes:
+        max_activation: (N, C) float32, each map's maximum.
+        peak_cells: (N, C, 2) int16, each map's argmax cell (i, j).
+        map_size: (H, W) of the target layer. image_size: (S_h, S_w) of the input images.
+        landmarks: (N, K, 2) float32 pixel (x, y), NaN where missing; None without landmarks.
+        landmark_names, part_names: from the dataset.
+        part_hits: (C, P) int64, images whose peak pixel lies in each part mask (fired maps only);
+            None without masks.
+        thresholds: (C,) the (1 - quantile) value of all raw activations of each channel.
+        quantile: q.
+    """
+
+    max_activation: np.ndarray
+    peak_cells: np.ndarray
+    map_size: tuple[int, int]
+    image_size: tuple[int, int]
+    landmarks: np.ndarray | None
+    thresholds: np.ndarray
+    quantile: float
+    landmark_names: tuple[str, ...] = ()
+    part_names: tuple[str, ...] = ()
+    part_hits: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def num_images(self) -> int:
+        return self.max_activation.shape[0]
+
+    @property
+    def num_channels(self) -> int:
+        return self.max_activation.shape[1]
+
+    @property
+    def fired(self) -> np.ndarray:
+        """(N, C) bool: the map has a positive activation somewhere."""
+        return self.max_activation > 0
+
+    @property
+    def peak_xy(self) -> np.ndarray:
+        """(N, C, 2) float32 peak positions in image pixels (x, y)."""
+        return cells_to_pixels(self.peak_cells, self.map_size, self.image_size)
+
+
+def peak_in_masks(cells: torch.Tensor, map_size: tuple[int, int], masks: torch.Tensor) -> torch.Tensor:
+    """Whether each map's peak pixel lies inside each part mask.
+
+    Args:
+        cells: (B, C, 2) peak cells. map_size: (H, W). masks: bool (B, P, S_h, S_w).
+
+    Returns:
+        bool (B, C, P).
+    """
+    b, p, image_h, image_w = masks.shape
+    xy = cells_to_pixels(cells, map_size, (image_h, image_w))
+    x = xy[..., 0].long().clamp(0, image_w - 1)
+    y = xy[..., 1].long().clamp(0, image_h - 1)
+    flat = (y * image_w + x)[:, None, :].expand(b, p, -1)  # (B, P, C)
+    return masks.reshape(b, p, image_h * image_w).gather(2, flat).transpose(1, 2)
+
+
+@torch.no_grad()
+def collect_activations(
+    model: nn.Module,
+    loader: Iterable,
+    device: str | torch.device | None = None,
+    quantile: float = 0.005,
+    bins: int = 2048,
+    amp: bool = True,
+    progress: bool = True,
+    landmark_names: Sequence[str] = (),
+    part_names: Sequence[str] = (),
+) -> ActivationStats:
+    """One streaming pass: per-map maxima and peaks, quantile sketches, peak-in-part counts.
+
+    Memory is O(N C) numbers plus O(C bins); maps are reduced batch by batch and dropped.
+
+    Args:
+        model: returns ``(embeddings, activations)`` or a ``FaceOutput``.
+        loader: yields dicts with "image" (B, 3, S, S), and optionally "landmarks" (B, K, 2) and
+            "masks" bool (B, P, S, S).
+        device: default the model's device. quantile: q of the part-IoU threshold.
+        bins: histogram bins of the quantile sketch. amp: float16 autocast on CUDA.
+        landmark_names, part_names: carried into the result.
+
+    Returns:
+        ``ActivationStats``.
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    maxima, cells, landmarks = [], [], []
+    sketch: QuantileSketch | None = None
+    part_hits = None
+    map_size = image_size = None
+    total = len(loader) if hasattr(loader, "__len__") else None
+    try:
+        for batch in progress_bar(loader, progress, "activations", total):
+            images = batch_images(batch).to(device, non_blocking=True)
+            with autocast(device, amp):
+                activations = _activations(model, images)
+            b, c, h, w = activations.shape
+            map_size, image_size = (h, w), tuple(images.shape[-2:])
+            if sketch is None:
+                sketch = QuantileSketch(c, bins=bins, device=device)
+            sketch.update(activations.transpose(0, 1).reshape(c, -1))
+            values, peaks = peak_cells(activations)
+            maxima.append(values.cpu().numpy())
+            cells.append(peaks.cpu().numpy().astype(np.int16))
+            if isinstance(batch, dict) and "landmarks" in batch:
+                landmarks.append(np.asarray(batch["landmarks"], dtype=np.float32))
+            if isinstance(batch, dict) and "masks" in batch:
+                masks = batch["masks"].to(device).bool()
+                hits = peak_in_masks(peaks, map_size, masks) & (values > 0)[..., None]
+                part_hits = hits.sum(0).cpu() if part_hits is None else part_hits + hits.sum(0).cpu()
+    finally:
+        model.train(was_training)
+    if sketch is None:
+        raise ValueError("the loader yielded no batches")
+    return ActivationStats(
+        max_activation=np.concatenate(maxima),
+        peak_cells=np.concatenate(cells),
+        map_size=map_size,
+        image_size=image_size,
+        landmarks=np.concatenate(landmarks) if landmarks else None,
+        thresholds=sketch.quantile(1.0 - quantile).cpu().numpy(),
+        quantile=quantile,
+        landmark_names=tuple(landmark_names),
+        part_names=tuple(part_names),
+        part_hits=None if part_hits is None else part_hits.numpy().astype(np.int64),
+    )
+
+
+# --------------------------------------------------------------------------- location instability
+
+
+@dataclass
+class InstabilityResult:
+    """ICNN location instability (lower is better).
+
+    Attributes:
+        overall: mean over channels with a value. active: mean over channels that fire on at least
+            half the images. per_channel: (C,), NaN for a channel with no value (it never fires, or
+            no landmark has two annotated top images). per_landmark: (C, K) the std per landmark.
+        active_channels: (C,) bool.
+    """
+
+    overall: float
+    active: float
+    per_channel: np.ndarray
+    per_landmark: np.ndarray
+    active_channels: np.ndarray
+
+    def to_dict(self, per_channel: bool = False) -> dict[str, Any]:
+        out = {
+            "overall": _float(self.overall),
+            "active": _float(self.active),
+            "num_channels": int(np.isfinite(self.per_channel).sum()),
+            "num_active_channels": int(self.active_channels.sum()),
+        }
+        if per_channel:
+            out["per_channel"] = [_float(v) for v in self.per_channel]
+        return out
+
+
+def location_instability(
+    peaks: np.ndarray,
+    max_activation: np.ndarray,
+    landmarks: np.ndarray,
+    image_size: int | tuple[int, int],
+    top_m: int = 100,
+) -> InstabilityResult:
+    """ICNN's location instability of every channel.
+
+    For channel c: keep the ``top_m`` images with the largest maximum activation (all if fewer;
+    only images where the channel fires, max > 0); for landmark k only those where landmark k is
+    annotated (not NaN). ``d_bk = ||peak_bc - landmark_bk|| / sqrt(W^2 + H^2)``; the channel's value
+    is the mean over landmarks of the sample std (ddof = 1) of d over its kept images; landmarks
+    with fewer than two kept images are skipped.
+
+    Args:
+        peaks: (N, C, 2) peak pixels (x, y) (``ActivationStats.peak_xy``).
+        max_activation: (N, C). landmarks: (N, K, 2) pixel (x, y), NaN where missing.
+        image_size: S or (S_h, S_w) of the images the pixels refer to.
+        top_m: M.
+
+    Returns:
+        ``InstabilityResult``.
+    """
+    peaks = np.asarray(peaks, dtype=np.float64)
+    max_activation = np.asarray(max_activation)
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    n, c = max_activation.shape
+    if peaks.shape != (n, c, 2) or landmarks.ndim != 3 or landmarks.shape[0] != n:
+        raise ValueError(
+            f"expected peaks (N, C, 2), max_activation (N, C), landmarks (N, K, 2) with one N; "
+            f"got {peaks.shape}, {max_activation.shape}, {landmarks.shape}"
+        )
+    image_h, image_w = (image_size, image_size) if np.isscalar(image_size) else image_size
+    diagonal = math.hypot(image_w, image_h)
+    m = min(top_m, n)
+    order = np.argsort(-max_activation, axis=0, kind="stable")[:m]  # (M, C)
+    channels = np.arange(c)[None, :]
+    kept_peaks = peaks[order, channels]  # (M, C, 2)
+    kept_landmarks = landmarks[order]  # (M, C, K, 2)
+    fired = max_activation[order, channels] > 0  # (M, C)
+    d = np.linalg.norm(kept_peaks[:, :, None, :] - kept_landmarks, axis=-1) / diagonal  # (M, C, K)
+    valid = np.isfinite(d) & fired[:, :, None]
+    count = valid.sum(0)  # (C, K)
+    d0 = np.where(valid, d, 0.0)
+    mean = d0.sum(0) / np.maximum(count, 1)
+    var = np.where(valid, (d - mean) ** 2, 0.0).sum(0) / np.maximum(count - 1, 1)
+    per_landmark = np.where(count >= 2, np.sqrt(var), np.nan)
+    finite = np.isfinite(per_landmark)
+    per_channel = np.where(
+        finite.any(1), np.where(finite, per_landmark, 0.0).sum(1) / np.maximum(finite.sum(1), 1), np.nan
+    )
+    active_channels = (max_activation > 0).mean(0) >= 0.5
+    return InstabilityResult(
+        overall=_nanmean(per_channel),
+        active=_nanmean(per_channel[active_channels]),
+        per_channel=per_channel,
+        per_landmark=per_landmark,
+        active_channels=active_channels,
+    )
+
+
+# --------------------------------------------------------------------------- part IoU
+
+
+def iou_tallies(
+    activations: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch's Network Dissection tallies.
+
+    Each map is upsampled bilinearly (``align_corners=False``) to the mask size and binarised as
+    ``> threshold``. Channels are processed in chunks so at most about 2^25 upsampled values exist
+    at once.
+
+    Args:
+        activations: (B, C, H, W). masks: bool (B, P, S_h, S_w). thresholds: (C,).
+
+    Returns:
+        ``(intersection (C, P), map_area (C,), part_area (P,))`` pixel counts, float64.
+    """
+    b, c = activations.shape[:2]
+    p, image_h, image_w = masks.shape[1:]
+    pixels = image_h * image_w
+    parts = masks.reshape(b, p, pixels).float().transpose(1, 2)  # (B, S^2, P)
+    thresholds = torch.as_tensor(thresholds, device=activations.device, dtype=torch.float32)
+    intersection = torch.zeros(c, p, dtype=torch.float64, device=activations.device)
+    map_area = torch.zeros(c, dtype=torch.float64, device=activations.device)
+    chunk = max(1, (1 << 25) // max(b * pixels, 1))
+    for start in range(0, c, chunk):
+        stop = min(start + chunk, c)
+        upsampled = F.interpolate(
+            activations[:, start:stop].float(), size=(image_h, image_w), mode="bilinear", align_corners=False
+        )
+        binary = (upsampled > thresholds[start:stop].view(1, -1, 1, 1)).reshape(b, stop - start, pixels).float()
+        # 0/1 values with float32 accumulation: exact counts (per image at most S^2 < 2^24).
+        intersection[start:stop] += torch.bmm(binary, parts).sum(0).double()
+        map_area[start:stop] += binary.sum((0, 2)).double()
+    part_area = masks.reshape(b, p, pixels).sum((0, 2)).double()
+    return intersection, map_area, part_area
+
+
+@dataclass
+class PartIoUResult:
+    """Network Dissection part IoU (higher is better).
+
+    Attributes:
+        iou: (C, P). best_part: (C,) index of each channel's best part. best_iou: (C,).
+        is_detector: (C,) best IoU > iou_threshold. assigned: (C,) best part for detectors, else -1.
+        part_names: the P names. iou_threshold: the detector threshold (0.04).
+    """
+
+    iou: np.ndarray
+    best_part: np.ndarray
+    best_iou: np.ndarray
+    is_detector: np.ndarray
+    assigned: np.ndarray
+    part_names: tuple[str, ...]
+    iou_threshold: float
+
+    @property
+    def num_detectors(self) -> int:
+        return int(self.is_detector.sum())
+
+    @property
+    def parts_covered(self) -> list[str]:
+        return [self.part_names[p] for p in sorted(set(self.assigned[self.assigned >= 0].tolist()))]
+
+    @property
+    def mean_best_iou(self) -> float:
+        return float(self.best_iou.mean()) if len(self.best_iou) else float("nan")
+
+    def to_dict(self, per_channel: bool = False) -> dict[str, Any]:
+        out = {
+            "num_detectors": self.num_detectors,
+            "num_channels": len(self.best_iou),
+            "parts_covered": self.parts_covered,
+            "num_parts_covered": len(self.parts_covered),
+            "mean_best_iou": _float(self.mean_best_iou),
+            "iou_threshold": self.iou_threshold,
+        }
+        if per_channel:
+            out["best_iou"] = [_float(v) for v in self.best_iou]
+            out["best_part"] = [self.part_names[p] for p in self.best_part]
+        return out
+
+
+def part_iou_from_tallies(
+    intersection: np.ndarray | torch.Tensor,
+    map_area: np.ndarray | torch.Tensor,
+    part_area: np.ndarray | torch.Tensor,
+    part_names: Sequence[str],
+    iou_threshold: float = 0.04,
+) -> PartIoUResult:
+    """IoU = sum_b |M AND P| / sum_b |M OR P| from accumulated tallies, and the part assignment."""
+    intersection = np.asarray(torch.as_tensor(intersection).cpu(), dtype=np.float64)
+    map_area = np.asarray(torch.as_tensor(map_area).cpu(), dtype=np.float64)
+    part_area = np.asarray(torch.as_tensor(part_area).cpu(), dtype=np.float64)
+    union = map_area[:, None] + part_area[None, :] - intersection
+    iou = np.where(union > 0, intersection / np.maximum(union, 1), 0.0)
+    best_part = iou.argmax(1)
+    best_iou = iou.max(1) if iou.shape[1] else np.zeros(len(iou))
+    is_detector = best_iou > iou_threshold
+    return PartIoUResult(
+        iou=iou,
+        best_part=best_part,
+        best_iou=best_iou,
+        is_detector=is_detector,
+        assigned=np.where(is_detector, best_part, -1),
+        part_names=tuple(part_names),
+        iou_threshold=iou_threshold,
+    )
+
+
+@torch.no_grad()
+def part_iou(
+    model: nn.Module,
+    loader: Iterable,
+    thresholds: np.ndarray | torch.Tensor,
+    part_names: Sequence[str],
+    device: str | torch.device | None = None,
+    iou_threshold: float = 0.04,
+    amp: bool = True,
+    progress: bool = True,
+) -> PartIoUResult:
+    """Network Dissection part IoU over a dataset, as a streaming pass of running tallies.
+
+    Args:
+        model: as ``collect_activations``. loader: yields dicts with "image" and "masks" (B, P, S, S).
+        thresholds: (C,) per-channel thresholds, ``ActivationStats.thresholds`` (the dataset's
+            (1 - q) activation quantile from the first pass).
+        part_names: the P part names. iou_threshold: a channel detects its best part above this.
+
+    Returns:
+        ``PartIoUResult``.
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    thresholds = torch.as_tensor(np.asarray(thresholds), dtype=torch.float32, device=device)
+    tallies = None
+    total = len(loader) if hasattr(loader, "__len__") else None
+    try:
+        for batch in progress_bar(loader, progress, "part IoU", total):
+            if not isinstance(batch, dict) or "masks" not in batch:
+                raise ValueError("part_iou needs batches with 'masks' (B, P, S, S); use LandmarkPartMasks for 68 points")
+            images = batch_images(batch).to(device, non_blocking=True)
+            with autocast(device, amp):
+                activations = _activations(model, images)
+            new = iou_tallies(activations, batch["masks"].to(device).bool(), thresholds)
+            tallies = new if tallies is None else tuple(a + b for a, b in zip(tallies, new))
+    finally:
+        model.train(was_training)
+    if tallies is None:
+        raise ValueError("the loader yielded no batches")
+    return part_iou_from_tallies(*tallies, part_names=part_names, iou_threshold=iou_threshold)
+
+
+# --------------------------------------------------------------------------- peak hit rate
+
+
+@dataclass
+class HitRateResult:
+    """Pointing game: fraction of fired maps whose peak lies in the channel's assigned part.
+
+    Attributes:
+        per_channel: (C,), NaN for unassigned channels. mean: over assigned channels.
+    """
+
+    per_channel: np.ndarray
+    mean: float
+
+    def to_dict(self, per_channel: bool = False) -> dict[str, Any]:
+        out = {"mean": _float(self.mean), "num_channels": int(np.isfinite(self.per_channel).sum())}
+        if per_channel:
+            out["per_channel"] = [_float(v) for v in self.per_channel]
+        return out
+
+
+def peak_hit_rate(stats: ActivationStats, assigned: np.ndarray) -> HitRateResult:
+    """Peak hit rate of every channel for its assigned part.
+
+    Args:
+        stats: from ``collect_activations`` on a dataset with masks (``stats.part_hits``).
+        assigned: (C,) part index per channel, -1 for none (``PartIoUResult.assigned``).
+
+    Returns:
+        ``HitRateResult``; the denominator is the number of images where the channel fires.
+    """
+    if stats.part_hits is None:
+        raise ValueError("these activation stats hold no part masks: collect them on a dataset with 'masks'")
+    assigned = np.asarray(assigned)
+    fired = stats.fired.sum(0)
+    channels = np.arange(len(assigned))
+    hits = stats.part_hits[channels, np.maximum(assigned, 0)]
+    rate = np.where((assigned >= 0) & (fired > 0), hits / np.maximum(fired, 1), np.nan)
+    return HitRateResult(per_channel=rate, mean=_nanmean(rate))
+
+
+# --------------------------------------------------------------------------- translation tracking
+
+
+def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Translate images by whole pixels, filling with zeros: ``out[..., y, x] = in[..., y - dy, x - dx]``."""
+    h, w = images.shape[-2:]
+    out = torch.zeros_like(images)
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    src_y, dst_y = slice(max(-dy, 0), h - max(dy, 0)), slice(max(dy, 0), h - max(-dy, 0))
+    src_x, dst_x = slice(max(-dx, 0), w - max(dx, 0)), slice(max(dx, 0), w - max(-dx, 0))
+    out[..., dst_y, dst_x] = images[..., src_y, src_x]
+    return out
+
+
+@dataclass
+class TrackingResult:
+    """Translation tracking (higher is better; a position detector scores ~0, a part detector ~1).
+
+    Attributes:
+        per_channel: (C,) fraction of (image, shift) where the peak followed the shift, over pairs
+            where the channel fires on both images; NaN if there are none.
+        mean: mean over channels with a value. fraction_tracking: share of those with >= 0.5.
+        num_pairs: (C,) the number of (image, shift) pairs each value is over.
+        shifts: the (dx, dy) cell shifts used.
+    """
+
+    per_channel: np.ndarray
+    mean: float
+    fraction_tracking: float
+    num_pairs: np.ndarray
+    shifts: tuple[tuple[int, int], ...]
+
+    def to_dict(self, per_channel: bool = False) -> dict[str, Any]:
+        out = {
+            "mean": _float(self.mean),
+            "fraction_tracking": _float(self.fraction_tracking),
+            "num_channels": int(np.isfinite(self.per_channel).sum()),
+            "shifts": [list(s) for s in self.shifts],
+        }
+        if per_channel:
+            out["per_channel"] = [_float(v) for v in self.per_channel]
+        return out
+
+
+@torch.no_grad()
+def translation_tracking(
+    model: nn.Module,
+    images: torch.Tensor,
+    shifts: Sequence[tuple[int, int]] = DEFAULT_SHIFTS,
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    tolerance: float = 0.5,
+    amp: bool = True,
+) -> TrackingResult:
+    """Does each channel's peak follow the face when the image is translated?
+
+    A shift of (dx, dy) target-layer cells moves the image by ``round(dx * S_w / W)`` and
+    ``round(dy * S_h / H)`` pixels (zero fill). The channel *tracks* on (image, shift) when its peak
+    moved by the image's shift, measured in cells, to within ``tolerance`` cells on both axes. With
+    the default 0.5 (the peak lands in the expected cell), a position detector, whose peak stays
+    put, fails every shift of one cell or more; a full cell of tolerance would pass it on +-1.
+
+    Args:
+        model: returns ``(embeddings, activations)``. images: (N, 3, S, S) in [0, 1].
+        shifts: (dx, dy) in target-layer cells. tolerance: in cells.
+        device, batch_size, amp: as elsewhere.
+
+    Returns:
+        ``TrackingResult``.
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    shifts = tuple((int(dx), int(dy)) for dx, dy in shifts)
+    image_h, image_w = images.shape[-2:]
+
+    def peaks_of(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        with autocast(device, amp):
+            activations = _activations(model, batch.to(device))
+        values, cells = peak_cells(activations)
+        return values.cpu(), cells.cpu(), tuple(activations.shape[-2:])
+
+    tracked = None
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            values, cells, (h, w) = peaks_of(batch)
+            if tracked is None:
+                tracked = torch.zeros(values.shape[1], dtype=torch.float64)
+                pairs = torch.zeros(values.shape[1], dtype=torch.float64)
+            for dx, dy in shifts:
+                px, py = round(dx * image_w / w), round(dy * image_h / h)
+                moved_values, moved_cells, _ = peaks_of(shift_images(batch, px, py))
+                both = (values > 0) & (moved_values > 0)
+                delta = (moved_cells - cells).float()  # (B, C, 2) as (i, j)
+                ok = ((delta[..., 0] - py * h / image_h).abs() <= tolerance) & (
+                    (delta[..., 1] - px * w / image_w).abs() <= tolerance
+                )
+                tracked += (ok & both).sum(0).double()
+                pairs += both.sum(0).double()
+    finally:
+        model.train(was_training)
+    if tracked is None:
+        raise ValueError("no images to track")
+    per_channel = torch.where(pairs > 0, tracked / pairs.clamp_min(1), torch.nan).numpy()
+    valid = np.isfinite(per_channel)
+    return TrackingResult(
+        per_channel=per_channel,
+        mean=_nanmean(per_channel),
+        fraction_tracking=float((per_channel[valid] >= 0.5).mean()) if valid.any() else float("nan"),
+        num_pairs=pairs.numpy().astype(np.int64),
+        shifts=shifts,
+    )
+
+
+# --------------------------------------------------------------------------- coverage and assignment
+
+
+def part_coverage(assigned: np.ndarray, part_names: Sequence[str]) -> dict[str, Any]:
+    """How many channels each part (or landmark) has, and how evenly they spread.
+
+    Args:
+        assigned: (C,) part index per channel, -1 for none. part_names: the P names.
+
+    Returns:
+        ``{"channels_per_part": {name: count}, "num_assigned", "entropy_bits",
+        "normalised_entropy"}``: the Shannon entropy of the channel counts over the P parts, and it
+        divided by log2(P) (1 = evenly spread, 0 = all on one part; NaN with no assigned channel).
+    """
+    assigned = np.asarray(assigned)
+    counts = np.array([(assigned == p).sum() for p in range(len(part_names))], dtype=np.float64)
+    total = counts.sum()
+    if total > 0:
+        share = counts[counts > 0] / total
+        entropy = float(-(share * np.log2(share)).sum())
+    else:
+        entropy = float("nan")
+    normaliser = math.log2(len(part_names)) if len(part_names) > 1 else float("nan")
+    return {
+        "channels_per_part": {name: int(n) for name, n in zip(part_names, counts)},
+        "num_assigned": int(total),
+        "entropy_bits": entropy,
+        "normalised_entropy": entropy / normaliser if total > 0 else float("nan"),
+    }
+
+
+def landmark_assignment(
+    stats: ActivationStats, top_m: int = 100, max_distance: float = 0.1
+) -> np.ndarray:
+    """Assign each channel to the landmark its peak sits nearest to, for data without part masks.
+
+    Over the channel's top-M images (as in ``location_instability``), the landmark with the
+    smallest mean normalised distance; assigned only if that mean is at most ``max_distance``
+    (a fraction of the image diagonal, 0.1 = 16 px at 112 px), else -1.
+
+    Returns:
+        int (C,) landmark index or -1.
+    """
+    if stats.landmarks is None or stats.landmarks.shape[1] == 0:
+        return np.full(stats.num_channels, -1)
+    n, c = stats.max_activation.shape
+    m = min(top_m, n)
+    order = np.argsort(-stats.max_activation, axis=0, kind="stable")[:m]
+    peaks = stats.peak_xy.astype(np.float64)[order, np.arange(c)[None, :]]
+    landmarks = stats.landmarks.astype(np.float64)[order]
+    fired = stats.max_activation[order, np.arange(c)[None, :]] > 0
+    d = np.linalg.norm(peaks[:, :, None] - landmarks, axis=-1) / math.hypot(*stats.image_size)
+    valid = np.isfinite(d) & fired[:, :, None]
+    mean = np.where(valid, d, 0).sum(0) / np.maximum(valid.sum(0), 1)
+    mean = np.where(valid.sum(0) > 0, mean, np.inf)
+    best = mean.argmin(1)
+    return np.where(mean[np.arange(c), best] <= max_distance, best, -1)
+
+
+# --------------------------------------------------------------------------- 68-point part masks
+
+
+def _convex_hull(points: np.ndarray) -> np.ndarray:
+    """Andrew's monotone chain: hull vertices of 2-D points in order."""
+    pts = sorted(map(tuple, points))
+    if len(pts) <= 2:
+        return np.array(pts)
+
+    def half(sequence):
+        hull: list[tuple[float, float]] = []
+        for p in sequence:
+            while len(hull) >= 2:
+                (ax, ay), (bx, by) = hull[-2], hull[-1]
+                if (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax) > 0:
+                    break
+                hull.pop()
+            hull.append(p)
+        return hull
+
+    lower, upper = half(pts), half(reversed(pts))
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def landmark_part_masks(landmarks: np.ndarray | torch.Tensor, image_size: int | tuple[int, int]) -> np.ndarray:
+    """Approximate part masks drawn from 68 iBUG landmarks (see the module docstring).
+
+    Args:
+        landmarks: (68, 2) or (N, 68, 2) pixel (x, y); a part with a missing (NaN) point is empty.
+        image_size: S or (S_h, S_w).
+
+    Returns:
+        bool (P, S_h, S_w) or (N, P, S_h, S_w), parts in ``LANDMARK_PART_NAMES`` order.
+    """
+    from PIL import Image, ImageDraw
+
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.ndim == 3:
+        return np.stack([landmark_part_masks(p, image_size) for p in points])
+    if points.shape != (68, 2):
+        raise ValueError(f"landmark_part_masks needs 68 iBUG points (68, 2); got {points.shape}")
+    image_h, image_w = (image_size, image_size) if np.isscalar(image_size) else image_size
+    eye_distance = np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0))
+    width = max(1, int(round(0.1 * eye_distance))) if np.isfinite(eye_distance) else max(1, image_w // 40)
+    shapes = {
+        "left_eye": ("polygon", points[36:42]),
+        "right_eye": ("polygon", points[42:48]),
+        "left_brow": ("line", points[17:22]),
+        "right_brow": ("line", points[22:27]),
+        "nose": ("hull", points[27:36]),
+        "mouth": ("polygon", points[48:60]),
+    }
+    masks = np.zeros((len(LANDMARK_PART_NAMES), image_h, image_w), dtype=bool)
+    for index, name in enumerate(LANDMARK_PART_NAMES):
+        kind, pts = shapes[name]
+        if not np.isfinite(pts).all():
+            continue
+        canvas = Image.new("1", (image_w, image_h), 0)
+        draw = ImageDraw.Draw(canvas)
+        if kind == "hull":
+            pts = _convex_hull(pts)
+        xy = [tuple(p) for p in pts.tolist()]
+        if kind == "line":
+            draw.line(xy, fill=1, width=width, joint="curve")
+        else:
+            draw.polygon(xy, fill=1, outline=1)
+        masks[index] = np.asarray(canvas, dtype=bool)
+    return masks
+
+
+class LandmarkPartMasks(torch.utils.data.Dataset):
+    """Adds approximate ``"masks"`` (from 68 landmarks) to every item of a dataset without masks."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+        self.part_names = LANDMARK_PART_NAMES
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        size = tuple(item["image"].shape[-2:])
+        item["masks"] = torch.from_numpy(landmark_part_masks(np.asarray(item["landmarks"]), size))
+        return item
+
+
+# --------------------------------------------------------------------------- the full report
+
+
+def _dataset_attr(dataset: Any, name: str, default: Any = None) -> Any:
+    """An attribute of a dataset or of the dataset it wraps (Subset, Jitter ...)."""
+    while dataset is not None:
+        if name in getattr(type(dataset), "__dict__", {}) or name in getattr(dataset, "__dict__", {}):
+            return getattr(dataset, name)
+        dataset = getattr(dataset, "dataset", None)
+    return default
+
+
+@torch.no_grad()
+def explainability_metrics(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    top_m: int = 100,
+    quantile: float = 0.005,
+    iou_threshold: float = 0.04,
+    tracking_images: int = 128,
+    shifts: Sequence[tuple[int, int]] = DEFAULT_SHIFTS,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    per_channel: bool = False,
+) -> dict[str, Any]:
+    """Every explainability number of one dataset, as a plain dict.
+
+    Location instability needs landmarks; part IoU, peak hit rate and part coverage need part
+    masks ("masks", or 68 landmarks from which ``LandmarkPartMasks`` draws them); without masks,
+    coverage uses ``landmark_assignment``. Translation tracking runs on the first
+    ``tracking_images`` images.
+    """
+    part_names = tuple(_dataset_attr(dataset, "part_names", ()) or ())
+    landmark_names = tuple(_dataset_attr(dataset, "landmark_names", ()) or ())
+    probe = dataset[0]
+    num_landmarks = int(np.asarray(probe.get("landmarks", np.zeros((0, 2)))).shape[0])
+    masks_from = "dataset" if "masks" in probe else None
+    if masks_from is None and num_landmarks == 68:
+        dataset, part_names, masks_from = LandmarkPartMasks(dataset), LANDMARK_PART_NAMES, "68-landmark polygons"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    stats = collect_activations(
+        model, loader, device=device, quantile=quantile, progress=progress,
+        landmark_names=landmark_names, part_names=part_names,
+    )  # fmt: skip
+    out: dict[str, Any] = {
+        "num_images": stats.num_images,
+        "num_channels": stats.num_channels,
+        "map_size": list(stats.map_size),
+        "image_size": list(stats.image_size),
+        "fire_rate": float(stats.fired.mean()),
+    }
+    if stats.landmarks is not None and stats.landmarks.shape[1] > 0:
+        out["location_instability"] = location_instability(
+            stats.peak_xy, stats.max_activation, stats.landmarks, stats.image_size, top_m=top_m
+        ).to_dict(per_channel)
+    if masks_from is not None:
+        iou = part_iou(
+            model, loader, stats.thresholds, part_names, device=device, iou_threshold=iou_threshold, progress=progress
+        )
+        out["part_iou"] = {**iou.to_dict(per_channel), "masks": masks_from}
+        out["peak_hit_rate"] = peak_hit_rate(stats, iou.assigned).to_dict(per_channel)
+        out["part_coverage"] = part_coverage(iou.assigned, part_names)
+    elif stats.landmarks is not None and stats.landmarks.shape[1] > 0:
+        names = landmark_names or tuple(f"landmark_{k}" for k in range(stats.landmarks.shape[1]))
+        out["part_coverage"] = {**part_coverage(landmark_assignment(stats, top_m), names), "by": "nearest landmark"}
+    count = min(tracking_images, len(dataset))
+    if count > 0:
+        images = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(count)])
+        out["translation_tracking"] = translation_tracking(
+            model, images, shifts, device=device, batch_size=batch_size
+        ).to_dict(per_channel)
+    return out
+
+
+def explainability_report(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    jitter: bool = True,
+    jitter_kwargs: dict[str, Any] | None = None,
+    max_images: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``explainability_metrics`` on a dataset and on jittered copies of it.
+
+    Args:
+        model: the face model. dataset: evaluation images (with landmarks and/or masks).
+        jitter: also report on ``ecl.data.jittered(dataset, **jitter_kwargs)`` (random translation
+            of up to 15% of the image by default, landmarks and masks moved with it).
+        max_images: use only the first N images.
+        **kwargs: passed to ``explainability_metrics``.
+
+    Returns:
+        ``{"original": {...}, "jittered": {...}}``.
+    """
+    if max_images is not None and len(dataset) > max_images:
+        dataset = torch.utils.data.Subset(dataset, range(max_images))
+    report = {"original": explainability_metrics(model, dataset, **kwargs)}
+    if jitter:
+        from ecl.data import jittered
+
+        report["jittered"] = explainability_metrics(model, jittered(dataset, **(jitter_kwargs or {})), **kwargs)
+    return report
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _float(value: float) -> float | None:
+    """A JSON-safe float: NaN becomes None."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+__all__ = [
+    "DEFAULT_SHIFTS",
+    "LANDMARK_PART_NAMES",
+    "ActivationStats",
+    "HitRateResult",
+    "InstabilityResult",
+    "LandmarkPartMasks",
+    "PartIoUResult",
+    "QuantileSketch",
+    "TrackingResult",
+    "cells_to_pixels",
+    "collect_activations",
+    "explainability_metrics",
+    "explainability_report",
+    "iou_tallies",
+    "landmark_assignment",
+    "landmark_part_masks",
+    "location_instability",
+    "part_coverage",
+    "part_iou",
+    "part_iou_from_tallies",
+    "peak_cells",
+    "peak_hit_rate",
+    "peak_in_masks",
+    "shift_images",
+    "translation_tracking",
+]
