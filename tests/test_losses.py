@@ -1,0 +1,339 @@
+"""ECLoss, its baselines and the margin heads: the formulas of METHOD sections 3-5, checked on small maps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ecl.losses import (
+    ECLoss,
+    MarginHead,
+    TemplateMask,
+    activation_template,
+    ecloss,
+    find_peaks,
+    icnn_filter_loss,
+    make_head,
+    positive_template,
+    sad_loss,
+)
+
+
+def naive_ecloss(activations: torch.Tensor, beta: float = 4.0, eps: float = 1e-6) -> torch.Tensor:
+    """METHOD section 4 written as a loop over maps and cells (the reference the vectorised loss must equal)."""
+    batch, channels, height, width = activations.shape
+    n = max(height, width)
+    terms = []
+    for b in range(batch):
+        for c in range(channels):
+            a = activations[b, c].clamp_min(0)
+            if a.max() <= 0:
+                continue
+            flat_index = int(a.flatten().argmax())
+            mu_i, mu_j = divmod(flat_index, width)
+            t = torch.zeros(height, width, dtype=a.dtype)
+            for i in range(height):
+                for j in range(width):
+                    t[i, j] = max(1 - beta * (abs(i - mu_i) + abs(j - mu_j)) / n, 0.0)
+            terms.append(1 - (a * t).sum() / (a.norm() * t.norm() + eps))
+    if not terms:
+        return torch.zeros((), dtype=activations.dtype)
+    return torch.stack(terms).mean()
+
+
+def naive_div(activations: torch.Tensor) -> torch.Tensor:
+    per_image = []
+    for a in activations.clamp_min(0):
+        active = [c for c in range(a.shape[0]) if a[c].max() > 0]
+        if len(active) < 2:
+            continue
+        total = 0.0
+        for c in active:
+            for d in active:
+                if c != d:
+                    total = total + (F.cosine_similarity(a[c].flatten(), a[d].flatten(), dim=0)) ** 2
+        per_image.append(total / (len(active) * (len(active) - 1)))
+    return torch.stack(per_image).mean() if per_image else torch.zeros(())
+
+
+# ------------------------------------------------------------------------------------- templates
+def test_template_matches_formula_on_hand_computed_cells():
+    # 5 x 7 map: n = 7, beta = 4, peak at (1, 2).
+    t = activation_template(torch.tensor([1, 2]), (5, 7), beta=4.0)
+    assert t.shape == (5, 7)
+    assert t[1, 2] == 1.0
+    assert t[1, 3] == pytest.approx(1 - 4 / 7)  # L1 distance 1
+    assert t[2, 3] == pytest.approx(1 - 8 / 7)  # distance 2: -1/7
+    assert t[4, 6] == -1.0  # distance 7: 1 - 4 = -3, floored at -1
+    assert t[0, 0] == pytest.approx(1 - 12 / 7)  # distance 3: -5/7
+    tp = positive_template(torch.tensor([1, 2]), (5, 7), beta=4.0)
+    assert tp[2, 3] == 0.0 and tp[1, 3] == pytest.approx(3 / 7)
+    torch.testing.assert_close(tp, t.clamp_min(0))
+
+
+def test_template_batched_shapes_and_beta():
+    peaks = torch.tensor([[[0, 0], [3, 3]], [[2, 1], [0, 3]]])
+    t = activation_template(peaks, (4, 4), beta=2.0)
+    assert t.shape == (2, 2, 4, 4)
+    torch.testing.assert_close(t[1, 0], activation_template(torch.tensor([2, 1]), (4, 4), beta=2.0))
+    assert t[0, 0, 1, 1] == pytest.approx(1 - 2 * 2 / 4)
+
+
+def test_find_peaks_argmax_first_on_ties_and_centroid():
+    a = torch.zeros(1, 2, 3, 4)
+    a[0, 0, 1, 2] = 5.0
+    a[0, 0, 2, 3] = 5.0  # tie: the first in row-major order wins
+    a[0, 1, 0, 0] = 1.0
+    a[0, 1, 2, 2] = 1.0
+    peaks = find_peaks(a)
+    assert peaks.dtype == torch.long
+    assert peaks.tolist() == [[[1, 2], [0, 0]]]
+    centroid = find_peaks(a, mode="centroid")
+    assert centroid.tolist() == [[[2, 2], [1, 1]]]  # (1.5, 2.5) rounds half to even; (1, 1)
+    dead = find_peaks(torch.zeros(1, 1, 3, 3), mode="centroid")
+    assert dead.tolist() == [[[0, 0]]]
+
+
+# ---------------------------------------------------------------------------------------- ECLoss
+def test_ecloss_is_zero_for_scaled_templates_in_any_shape():
+    peaks = torch.tensor([[[0, 0], [2, 5], [4, 1]], [[3, 3], [1, 6], [4, 6]]])
+    maps = positive_template(peaks, (5, 7)) * torch.tensor([0.5, 3.0, 100.0]).view(1, 3, 1, 1)
+    assert ecloss(maps).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_ecloss_in_unit_interval_and_scale_invariant():
+    torch.manual_seed(0)
+    a = torch.rand(3, 4, 6, 5)
+    loss = ecloss(a)
+    assert 0.0 < loss.item() <= 1.0
+    scaled = a * torch.tensor([0.1, 1.0, 7.0, 1000.0]).view(1, 4, 1, 1)
+    assert ecloss(scaled).item() == pytest.approx(loss.item(), abs=1e-5)
+    # A map orthogonal to its template cannot exist (the peak is inside), but a flat map is far from it.
+    flat = torch.ones(1, 1, 9, 9)
+    assert 0.5 < ecloss(flat).item() <= 1.0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (3, 2, 4, 7), (1, 4, 1, 6)])
+def test_ecloss_equals_naive_loop(shape):
+    torch.manual_seed(1)
+    a = torch.randn(*shape, dtype=torch.float64).relu()  # includes zeros and some dead maps
+    a[0, 0] = 0.0
+    torch.testing.assert_close(ecloss(a), naive_ecloss(a))
+
+
+def test_ecloss_dead_maps_are_excluded_and_all_dead_gives_zero_with_gradient():
+    torch.manual_seed(2)
+    a = torch.rand(2, 3, 4, 4)
+    b = a.clone()
+    b[:, 1] = 0.0
+    torch.testing.assert_close(ecloss(b), naive_ecloss(b))
+    dead = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    loss = ecloss(dead, gamma=0.5)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(dead.grad, torch.zeros_like(dead))
+    negative = (-torch.rand(1, 2, 3, 3)).requires_grad_()
+    loss = ecloss(negative)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(negative.grad).all()
+
+
+def test_ecloss_gradients_finite_and_gradcheck():
+    torch.manual_seed(3)
+    # Distinct positive values keep the argmax away from ties (the peak is piecewise constant).
+    a = (torch.rand(2, 3, 4, 5, dtype=torch.float64) + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: ecloss(x), (a,))
+    assert torch.autograd.gradcheck(lambda x: ecloss(x, gamma=0.3, peak="centroid"), (a,))
+    b = torch.rand(2, 3, 4, 5, requires_grad=True)
+    ecloss(b, gamma=1.0).backward()
+    assert torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
+
+
+def test_ecloss_gradient_pulls_towards_the_template():
+    # One step of gradient descent on a noisy blob lowers the loss.
+    t = positive_template(torch.tensor([[[2, 3]]]), (6, 6))
+    a = (t + 0.3 * torch.rand(1, 1, 6, 6)).requires_grad_()
+    loss = ecloss(a)
+    loss.backward()
+    with torch.no_grad():
+        after = ecloss(a - 0.5 * a.grad / a.grad.norm())
+    assert after < loss
+
+
+def test_ecloss_diversity_term_and_parts():
+    torch.manual_seed(4)
+    a = torch.rand(3, 4, 5, 5)
+    a[1, 2:] = 0.0
+    a[2, 1:] = 0.0  # only one active map: no pair, excluded from the mean
+    loss, parts = ecloss(a, gamma=0.25, return_parts=True)
+    torch.testing.assert_close(parts["div"], naive_div(a))
+    torch.testing.assert_close(parts["match"], naive_ecloss(a))
+    torch.testing.assert_close(loss, parts["match"] + 0.25 * parts["div"])
+    assert parts["active"].item() == pytest.approx(7 / 12)
+    assert not parts["match"].requires_grad
+    torch.testing.assert_close(sad_loss(a), naive_div(a))
+    _, parts0 = ecloss(a, return_parts=True)  # gamma = 0 still reports the diversity
+    torch.testing.assert_close(parts0["div"], parts["div"])
+    # Channels peaking at disjoint places do not overlap at all.
+    disjoint = positive_template(torch.tensor([[[0, 0], [7, 7]]]), (8, 8))
+    assert sad_loss(disjoint).item() == pytest.approx(0.0)
+
+
+def test_ecloss_module_holds_hyperparameters():
+    torch.manual_seed(5)
+    a = torch.rand(2, 3, 5, 5)
+    module = ECLoss(beta=2.0, gamma=0.1, peak="centroid")
+    torch.testing.assert_close(module(a), ecloss(a, beta=2.0, gamma=0.1, peak="centroid"))
+    assert len(list(module.parameters())) == 0
+    with pytest.raises(ValueError, match="peak"):
+        ECLoss(peak="max")
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        ecloss(torch.rand(3, 5, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ecloss_low_precision_inputs_and_autocast(dtype):
+    torch.manual_seed(6)
+    a = torch.rand(2, 3, 6, 6) * 300  # squared norms would overflow fp16 without the float32 cast
+    reference = ecloss(a)
+    low = a.to(dtype).requires_grad_()
+    loss = ecloss(low, gamma=0.1)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(ecloss(a.to(dtype).float(), gamma=0.1).item(), abs=1e-5)
+    loss.backward()
+    assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv = torch.nn.Conv2d(3, 3, 1)
+        mapped = conv(a)
+        assert mapped.dtype == torch.bfloat16
+        loss = ecloss(mapped.relu(), gamma=0.1)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert 0 <= reference.item() <= 1
+
+
+def test_template_mask_multiplies_by_positive_template():
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    out = TemplateMask(beta=4.0)(x)
+    expected = x * positive_template(find_peaks(x.detach().clamp_min(0)), (6, 6))
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, positive_template(find_peaks(x.detach().clamp_min(0)), (6, 6)))
+
+
+# --------------------------------------------------------------------------------------- ICNN
+def naive_icnn(activations: torch.Tensor, beta: float = 4.0) -> torch.Tensor:
+    batch, channels, height, width = activations.shape
+    n = max(height, width)
+    tau, alpha = 0.5 / n**2, n**2 / (1 + n**2)
+    templates = [tau * activation_template(torch.tensor([i, j]), (height, width), beta, dtype=activations.dtype)
+                 for i in range(height) for j in range(width)]
+    templates.append(torch.full((height, width), -tau, dtype=activations.dtype))
+    priors = [alpha / (height * width)] * (height * width) + [1 - alpha]
+    losses = []
+    for c in range(channels):
+        x = activations[:, c]
+        p_x_t = torch.stack([torch.softmax((x * t).sum(dim=(-2, -1)), dim=0) for t in templates])  # (T, B)
+        prior = torch.tensor(priors, dtype=x.dtype).unsqueeze(1)
+        p_x = (prior * p_x_t).sum(dim=0)
+        losses.append(-(prior * p_x_t * (p_x_t / p_x).log()).sum())
+    return torch.stack(losses).mean()
+
+
+def test_icnn_filter_loss_matches_naive_definition_and_is_nonpositive():
+    torch.manual_seed(8)
+    a = torch.rand(4, 3, 3, 5, dtype=torch.float64) * 50
+    loss = icnn_filter_loss(a)
+    torch.testing.assert_close(loss, naive_icnn(a))
+    assert loss.item() <= 0.0
+    b = a.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: icnn_filter_loss(x), (b,))
+    huge = (torch.rand(3, 2, 4, 4) * 1e5).requires_grad_()  # logsumexp keeps it finite
+    out = icnn_filter_loss(huge)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(huge.grad).all()
+
+
+def test_icnn_prefers_blobs_at_varied_places_over_flat_maps():
+    # MI is high when each map looks like one template and different images use different templates.
+    peaks = torch.tensor([[[0, 0]], [[4, 4]], [[0, 4]], [[4, 0]]])
+    blobs = positive_template(peaks, (5, 5)) * 200
+    flat = torch.ones(4, 1, 5, 5) * blobs.mean()
+    assert icnn_filter_loss(blobs) < icnn_filter_loss(flat)
+
+
+# ------------------------------------------------------------------------------------ margin heads
+def test_margin_head_zero_margins_is_cross_entropy_on_scaled_cosine():
+    torch.manual_seed(9)
+    head = MarginHead(8, 5, s=30.0, m1=1.0, m2=0.0, m3=0.0)
+    emb, labels = torch.randn(6, 8), torch.randint(0, 5, (6,))
+    logits = head(emb, labels)
+    cos = F.normalize(emb) @ F.normalize(head.weight).T
+    torch.testing.assert_close(logits, 30.0 * cos)
+    torch.testing.assert_close(F.cross_entropy(logits, labels), F.cross_entropy(30.0 * cos, labels))
+
+
+def test_arcface_and_cosface_margins_on_target_only():
+    torch.manual_seed(10)
+    emb, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    arc = make_head("arcface", 8, 5, s=10.0)
+    cos_head = make_head("cosface", 8, 5, s=10.0, margin=0.2)
+    cos_head.weight.data.copy_(arc.weight.data)
+    cos = arc.cosine(emb)
+    target = cos[torch.arange(6), labels]
+    theta = torch.acos(target)
+    expected_arc = torch.where(theta + 0.5 > math.pi, target - 0.5 * math.sin(0.5), torch.cos(theta + 0.5))
+    logits = arc(emb, labels)
+    torch.testing.assert_close(logits[torch.arange(6), labels], 10.0 * expected_arc, atol=1e-5, rtol=1e-5)
+    other = torch.ones_like(cos, dtype=torch.bool)
+    other[torch.arange(6), labels] = False
+    torch.testing.assert_close(logits[other], 10.0 * cos[other])
+    torch.testing.assert_close(cos_head(emb, labels)[torch.arange(6), labels], 10.0 * (target - 0.2))
+    assert make_head("softmax", 8, 5).m2 == 0.0
+    with pytest.raises(ValueError, match="softmax head has no margin"):
+        make_head("softmax", 8, 5, margin=0.3)
+    with pytest.raises(ValueError, match="kind"):
+        make_head("sphereface", 8, 5)
+
+
+def test_arcface_corner_cases_threshold_easy_margin_and_ignored_labels():
+    head = MarginHead(2, 2, s=1.0, m2=0.5)
+    head.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    angles = torch.tensor([0.0, 1.0, 2.5, 3.0, math.pi])  # theta to class 0
+    emb = torch.stack((torch.cos(angles), torch.sin(angles)), dim=1)
+    labels = torch.zeros(5, dtype=torch.long)
+    logits = head(emb, labels)[:, 0]
+    cos = torch.cos(angles)
+    assert logits[1].item() == pytest.approx(math.cos(1.5), abs=1e-5)
+    # theta + m > pi: the linear fallback, not the rising cos(theta + m).
+    for k in (3, 4):
+        assert logits[k].item() == pytest.approx(cos[k].item() - 0.5 * math.sin(0.5), abs=1e-5)
+    assert logits[4] < logits[3] < logits[2] < logits[1] < logits[0]  # monotone in theta
+    assert (logits <= cos + 1e-6).all()
+    easy = MarginHead(2, 2, s=1.0, m2=0.5, easy_margin=True)
+    easy.weight.data = head.weight.data.clone()
+    easy_logits = easy(emb, labels)[:, 0]
+    assert easy_logits[2].item() == pytest.approx(cos[2].item(), abs=1e-6)  # cos < 0: no margin
+    assert easy_logits[1].item() == pytest.approx(math.cos(1.5), abs=1e-5)
+    ignored = head(emb, torch.full((5,), -1))
+    torch.testing.assert_close(ignored, head.cosine(emb))
+    # An embedding exactly on its class centre still has a finite gradient.
+    on_centre = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    F.cross_entropy(head(on_centre, torch.tensor([0])), torch.tensor([0])).backward()
+    assert torch.isfinite(on_centre.grad).all()
+
+
+def test_sphereface_style_multiplicative_margin_and_autocast():
+    torch.manual_seed(11)
+    head = MarginHead(4, 3, s=8.0, m1=2.0, m2=0.0, m3=0.0)
+    emb, labels = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    cos = head.cosine(emb)[torch.arange(5), labels]
+    theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+    expected = torch.where(theta > math.pi / 2, cos, torch.cos(2 * theta))
+    torch.testing.assert_close(head(emb, labels)[torch.arange(5), labels], 8.0 * expected, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = make_head("arcface", 4, 3)(emb.bfloat16(), labels)
+    assert logits.dtype == torch.float32
