@@ -34,7 +34,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 #: Files and folders of the book root copied into the staging tree besides the executed notebooks.
-_STAGED = ("_config.yml", "_toc.yml", "_vendor")
+_STAGED = ("_config.yml", "_toc.yml", "_vendor", "docs")
 
 
 class BookError(RuntimeError):
