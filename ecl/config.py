@@ -62,7 +62,8 @@ class DataConfig:
 
     Attributes:
         name: dataset for ``ecl.data.build_dataset``: ``faceparts`` (built in, synthetic),
-            ``lfw``, ``celeba`` or ``folder`` (one sub-folder per identity).
+            ``lfw``, ``celeba``, ``folder`` / ``orl`` / ``casia`` / ``vggface2`` (one sub-folder per
+            identity) or ``bin`` (an InsightFace pack).
         root: folder of a real dataset (unused by ``faceparts``). ``~`` and environment
             variables are expanded.
         split: the training split passed to ``build_dataset``.
@@ -70,8 +71,9 @@ class DataConfig:
         num_identities: FaceParts only: number of synthetic identities.
         images_per_identity: FaceParts only: images per identity.
         seed: seed of the dataset itself (which synthetic faces, which identities).
-        jitter: maximum random translation as a fraction of the image (0 = none), applied with
-            ``ecl.data.jittered``; the paper trains on unaligned crops.
+        jitter: maximum translation as a fraction of the image (0 = none), applied with
+            ``ecl.data.jittered``: each image gets its own fixed shift (a function of seed and
+            index), i.e. an unaligned copy of the data; the paper trains on unaligned crops.
         hflip: random horizontal flips of training batches (the usual face-recognition
             augmentation; it swaps image-left and image-right parts).
         num_workers: data-loader worker processes; ``-1`` picks ``min(8, cpu_count)`` on CUDA
@@ -257,7 +259,8 @@ _ALIASES = {"lambda": "lambda_"}
 _YAML_NAMES = {v: k for k, v in _ALIASES.items()}
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("faceparts", "lfw", "celeba", "folder"),
+    # ecl.data.DATASETS (not imported here: the config module stays light).
+    "data.name": ("faceparts", "lfw", "celeba", "folder", "orl", "casia", "vggface2", "bin"),
     "loss.identity": ("arcface", "cosface", "softmax"),
     "loss.method": ("none", "ecloss", "icnn", "sad"),
     "loss.peak": ("argmax", "centroid"),
