@@ -4,7 +4,8 @@ A pack is a pickle of ``(bins, issame_list)``: ``bins`` a list of encoded images
 pair order) and ``issame_list`` one boolean per pair. Unpickling can run arbitrary code, so this
 module uses a restricted unpickler that resolves NO global at all: only the built-in containers and
 scalars that pickle encodes without a global (bytes, str, lists, tuples, booleans, ints, None) can
-be built, and anything else (a class, a function, ``os.system``...) raises ``UnsafePickleError``
+be built (plus protocol 2's spelling of bytes, ``_codecs.encode(str, "latin1")``, answered by a
+checked stand-in), and anything else (a class, a function, ``os.system``...) raises ``UnsafePickleError``
 before it is looked up. The result is then checked to be exactly (list of bytes, list of bools).
 """
 
@@ -29,8 +30,17 @@ class UnsafePickleError(pickle.UnpicklingError):
     """A pickle asked for something other than plain bytes, lists, tuples and booleans."""
 
 
+def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
+    """How protocol-2 pickles written by Python 3 spell bytes: ``_codecs.encode(str, "latin1")``."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("_codecs.encode is only accepted as the latin1 spelling of bytes")
+    return text.encode("latin1")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes  # a checked stand-in, not the real function
         raise UnsafePickleError(
             f"refusing to load global {module}.{name}: a verification pack may only hold bytes, lists, "
             "tuples and booleans"

@@ -19,7 +19,7 @@ _FOLDER_NAMES = ("folder", "orl", "casia", "vggface2")
 
 def _need_root(name: str, root: Any) -> None:
     if root is None:
-        prepare = "lfw" if name == "lfw" else "celeba" if name == "celeba" else name
+        prepare = name if name in ("lfw", "celeba", "orl") else "insightface_bins" if name == "bin" else "folder"
         raise ValueError(f"dataset {name!r} needs root=<folder>; get it with python data/{prepare}/prepare.py --root <folder>")
 
 
@@ -75,7 +75,7 @@ def build_dataset(
         ds = CelebA(root, split=split, image_size=image_size, **kw)  # type: ignore[arg-type]
     elif name in _FOLDER_NAMES:
         _need_root(name, root)
-        kw.setdefault("prepare", name if name != "casia" else "folder")
+        kw.setdefault("prepare", "orl" if name == "orl" else "folder")
         ds = _folder(root, split, image_size, **kw)
     elif name == "bin":
         _need_root(name, root)

@@ -59,19 +59,21 @@ def five_from_68(points: np.ndarray) -> np.ndarray:
     )
 
 
-def read_landmarks_5pt(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_landmarks_5pt(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Read a 5-point landmark file: lines ``image x1 y1 ... x5 y5`` (tabs or spaces).
 
     Accepts the LFW files (``#`` comments) and CelebA's official ``list_landmarks_celeba.txt``
-    (a count line and a header line first). Returns image path (as written) -> float32 (5, 2).
+    (a count line and a header line first). Returns image path (as written) -> float32 (5, 2);
+    only for ``keys`` when given.
     """
     out: dict[str, np.ndarray] = {}
+    wanted = None if keys is None else set(keys)
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.startswith("#"):
                 continue
             f = line.split()
-            if len(f) != 11:
+            if len(f) != 11 or (wanted is not None and f[0] not in wanted):
                 continue
             try:
                 out[f[0]] = np.array(f[1:], dtype=np.float32).reshape(5, 2)
@@ -80,18 +82,22 @@ def read_landmarks_5pt(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return out
 
 
-def read_landmarks_68(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+def read_landmarks_68(
+    path: str | os.PathLike, keys: Iterable[str] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
     """Read the 68-point TSV: ``path n_faces box_l box_t box_r box_b x0 y0 ... x67 y67``.
 
-    Returns image path -> (box float32 (4,), points float32 (68, 2)), or None where no face was found.
+    Returns image path -> (box float32 (4,), points float32 (68, 2)), or None where no face was
+    found; only for ``keys`` when given.
     """
     out: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+    wanted = None if keys is None else set(keys)
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.startswith("#") or not line.strip():
                 continue
             f = line.rstrip("\n").split("\t")
-            if len(f) < 2:
+            if len(f) < 2 or (wanted is not None and f[0] not in wanted):
                 continue
             if int(f[1]) == 0 or len(f) < 6 + 136:
                 out[f[0]] = None
@@ -405,8 +411,8 @@ class _LFWLayout:
     def path(self, name: str, number: int) -> Path:
         return self.images / name / f"{name}_{int(number):04d}.jpg"
 
-    def landmarks(self, landmarks: str, width: int) -> tuple[dict | None, dict | None]:
-        """The 5-point table for images of this width, and/or the 68-point table."""
+    def landmarks(self, landmarks: str, width: int, keys: Sequence[str] | None = None) -> tuple[dict | None, dict | None]:
+        """The 5-point table for images of this width, and/or the 68-point table (rows for ``keys`` only)."""
         if landmarks == "none":
             return None, None
         five = sixty = None
@@ -414,10 +420,10 @@ class _LFWLayout:
         if f5 is None and width == 250:
             f5 = self.file("lfw_landmark.txt", required=False)  # SphereFace's file, 250 px frame
         if landmarks == "5pt" and f5 is not None:
-            five = read_landmarks_5pt(f5)
+            five = read_landmarks_5pt(f5, keys)
         f68 = self.file(LANDMARK68_FILE, required=False)
         if f68 is not None and (landmarks == "68pt" or five is None):
-            sixty = read_landmarks_68(f68)
+            sixty = read_landmarks_68(f68, keys)
         return five, sixty
 
 
@@ -528,8 +534,8 @@ class LFW(FaceImages):
                 else:
                     skipped.append((str(p), "file not found"))
         lm_names = _landmark_names(landmarks)
-        five, sixty = layout.landmarks(landmarks, _first_width(paths))
         keys = [f"{p.parent.name}/{p.name}" for p in paths]
+        five, sixty = layout.landmarks(landmarks, _first_width(paths), keys)
         lms = _select_landmarks(keys, landmarks, five, sixty)
         self.root, self.split, self.people = layout.root, split, [n for n, _ in listed]
         super().__init__(paths, labels, image_size=image_size, landmarks=lms, crop=crop, landmark_names=lm_names,
@@ -573,6 +579,15 @@ def lfw_pairs(
         raise ValueError(f"on_missing must be 'raise' or 'drop', got {on_missing!r}")
     layout = _LFWLayout(root)
     pairs, fold = read_lfw_pairs(layout.file(_LFW_PAIRS[view]))
+    if max_pairs is not None:
+        is_same = np.array([a == c for a, _, c, _ in pairs])
+        keep = []
+        for f in np.unique(fold):
+            for s in (True, False):
+                idx = np.flatnonzero((fold == f) & (is_same == s))
+                keep.extend(idx[: max(1, max_pairs // (2 * len(np.unique(fold))))].tolist())
+        keep.sort()
+        pairs, fold = [pairs[i] for i in keep], fold[keep]
     dropped: list[tuple[str, int, str, int]] = []
     absent = {(n, i) for a, i, b, j in pairs for n, i in ((a, i), (b, j)) if not layout.path(n, i).is_file()}
     if absent and on_missing == "drop":
@@ -586,15 +601,6 @@ def lfw_pairs(
             f"e.g. {missing[:5]}; re-run {_prepare_hint('lfw', layout.root)}, or pass on_missing='drop' "
             "to drop the pairs that use them"
         )
-    if max_pairs is not None:
-        is_same = np.array([a == c for a, _, c, _ in pairs])
-        keep = []
-        for f in np.unique(fold):
-            for s in (True, False):
-                idx = np.flatnonzero((fold == f) & (is_same == s))
-                keep.extend(idx[: max(1, max_pairs // (2 * len(np.unique(fold))))].tolist())
-        keep.sort()
-        pairs, fold = [pairs[i] for i in keep], fold[keep]
     index: dict[tuple[str, int], int] = {}
     for a, i, b, j in pairs:
         for key in ((a, i), (b, j)):
@@ -604,8 +610,9 @@ def lfw_pairs(
     person: dict[str, int] = {}
     labels = [person.setdefault(n, len(person)) for n, _ in keys]
     lm_names = _landmark_names(landmarks)
-    five, sixty = layout.landmarks(landmarks, _first_width(paths))
-    lms = _select_landmarks([f"{p.parent.name}/{p.name}" for p in paths], landmarks, five, sixty)
+    keys5 = [f"{p.parent.name}/{p.name}" for p in paths]
+    five, sixty = layout.landmarks(landmarks, _first_width(paths), keys5)
+    lms = _select_landmarks(keys5, landmarks, five, sixty)
     kw.setdefault("on_corrupt", "raise")  # a pair list must not silently lose images
     ds = FaceImages(paths, labels, image_size=image_size, landmarks=lms, crop=crop, landmark_names=lm_names,
                     num_classes=len(person), **kw)
