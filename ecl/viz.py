@@ -234,3 +234,92 @@ class LivePlot:
         else:
             self._handle.update(self.figure())
 
+
+
+# Distinct colours for part masks (Tableau 10), in ``part_names`` order.
+PART_COLOURS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+
+
+def masks_overlay(image: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray, opacity: float = 0.45,
+                  parts: Sequence[int] | None = None) -> np.ndarray:
+    """Colour each part mask over the image (later parts drawn over earlier ones).
+
+    Args:
+        image: ``(3, H, W)`` float in [0, 1] or ``(H, W, 3)`` uint8.
+        masks: ``(P, H, W)`` boolean part masks.
+        opacity: Weight of the mask colour.
+        parts: Indices of the parts to draw (default: all).
+
+    Returns:
+        ``(H, W, 3)`` uint8 array.
+    """
+    rgb = _image_hwc(image).astype(np.float64)
+    masks = np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks, dtype=bool)
+    for p in (range(len(masks)) if parts is None else parts):
+        colour = np.array(PART_COLOURS[p % len(PART_COLOURS)], dtype=np.float64)
+        rgb[masks[p]] = (1 - opacity) * rgb[masks[p]] + opacity * colour
+    return rgb.round().astype(np.uint8)
+
+
+def faces_figure(
+    items: Sequence[Mapping[str, Any]],
+    columns: int = 6,
+    landmarks: bool = True,
+    masks: bool = False,
+    titles: Sequence[str] | None = None,
+    landmark_names: Sequence[str] | None = None,
+    part_names: Sequence[str] | None = None,
+    height_per_row: int = 170,
+):
+    """A grid of dataset items with their landmarks (points) and part masks (colours) drawn.
+
+    Args:
+        items: Dataset items (dicts with "image", optionally "landmarks", "masks", "label").
+        columns: Images per row.
+        landmarks: Draw the landmarks (NaN ones are skipped).
+        masks: Colour the part masks (items without "masks" are drawn plain).
+        titles: One title per image (default: "id <label>").
+        landmark_names: Hover names of the landmarks.
+        part_names: Names for the mask legend line under the title.
+        height_per_row: Figure height per row in pixels.
+
+    Returns:
+        A plotly figure.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = (len(items) + columns - 1) // columns
+    if titles is None:
+        titles = [f"id {int(item['label'])}" if "label" in item else "" for item in items]
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=list(titles),
+                        horizontal_spacing=0.01, vertical_spacing=0.06 if rows > 1 else 0.0)
+    for k, item in enumerate(items):
+        row, col = k // columns + 1, k % columns + 1
+        picture = _image_hwc(item["image"])
+        if masks and "masks" in item:
+            picture = masks_overlay(item["image"], item["masks"])
+        fig.add_trace(go.Image(z=picture, hoverinfo="skip"), row=row, col=col)
+        if landmarks and "landmarks" in item:
+            points = np.asarray(item["landmarks"], dtype=np.float64)
+            keep = ~np.isnan(points).any(axis=1)
+            names = np.asarray(landmark_names if landmark_names is not None else [str(i) for i in range(len(points))])
+            fig.add_trace(
+                go.Scatter(x=points[keep, 0], y=points[keep, 1], mode="markers", text=names[keep] if len(names) == len(points) else None,
+                           marker=dict(size=5, color="yellow", line=dict(width=1, color="black")),
+                           hovertemplate="%{text}: (%{x:.0f}, %{y:.0f})<extra></extra>", showlegend=False),
+                row=row, col=col,
+            )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    title = None
+    if masks and part_names:
+        legend = " ".join(
+            f"<span style='color:rgb{PART_COLOURS[p % len(PART_COLOURS)]}'>&#9632; {name}</span>" for p, name in enumerate(part_names)
+        )
+        title = dict(text=legend, font=dict(size=12))
+    fig.update_layout(height=rows * height_per_row + 60, margin=dict(l=5, r=5, t=50, b=5), title=title)
+    return fig
