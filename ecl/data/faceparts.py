@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 # Bump whenever rendering changes, so stale caches are never reused.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 PART_NAMES = ("left_eye", "right_eye", "left_brow", "right_brow", "nose", "mouth", "hair", "skin")
@@ -171,13 +171,22 @@ def _circle(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _CACHE[key]
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 16, angle: float = 0.0) -> np.ndarray:
-    c, s = _circle(n)
-    x, y = rx * c, ry * s
-    if angle:
-        ca, sa = np.cos(angle), np.sin(angle)
-        x, y = x * ca - y * sa, x * sa + y * ca
-    return np.stack([x + cx, y + cy], axis=1)
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 16) -> np.ndarray:
+    """An axis-aligned ellipse as an (n, 2) polygon."""
+    key = ("unit", n)
+    unit = _CACHE.get(key)
+    if unit is None:
+        c, s = _circle(n)
+        unit = _CACHE[key] = np.stack([c, s], axis=1)
+    return unit * (rx, ry) + (cx, cy)
+
+
+def _const(name: str, make: Any) -> Any:
+    """A constant array computed once (sample positions along curves)."""
+    value = _CACHE.get(name)
+    if value is None:
+        value = _CACHE[name] = make()
+    return value
 
 
 def _noise_bank(size: int) -> np.ndarray:
@@ -190,11 +199,17 @@ def _noise_bank(size: int) -> np.ndarray:
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y in [-1, 1] at pixel centres, as contiguous (S, S, 3) arrays."""
     key = ("grid", size)
     if key not in _CACHE:
         t = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
-        _CACHE[key] = (t[None, :], t[:, None])
+        gx = np.ascontiguousarray(np.broadcast_to(t[None, :, None], (size, size, 3)))
+        gy = np.ascontiguousarray(np.broadcast_to(t[:, None, None], (size, size, 3)))
+        _CACHE[key] = (gx, gy)
     return _CACHE[key]
+
+
+
 
 
 def _xy(x: Any, y: Any) -> np.ndarray:
@@ -237,11 +252,6 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _col(rgb: Any) -> tuple[int, int, int]:
-    r, g, b = rgb.tolist() if isinstance(rgb, np.ndarray) else rgb
-    return (min(255, max(0, int(r))), min(255, max(0, int(g))), min(255, max(0, int(b))))
-
-
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(lo + (hi - lo) * rng.random())
 
@@ -264,7 +274,7 @@ class RenderConfig:
     max_rotation: float = 20.0  # degrees
     max_yaw: float = 25.0  # degrees (horizontal foreshortening)
     occlusion_prob: float = 0.1
-    jpeg_prob: float = 0.6
+    jpeg_prob: float = 0.5
 
 
 class _Renderer:
@@ -298,6 +308,13 @@ class _Renderer:
         """
         cfg, S, n = self.cfg, self.cfg.image_size, self.nuisance
         p = self._phys(ident, rng)
+        # colour cast and brightness: applied to every drawn colour (the same as scaling the channels
+        # of the image afterwards, and free)
+        c0, c1, c2 = ((1.0 + rng.uniform(-0.12, 0.12, 3) * n) * _u(rng, 1.0 - 0.25 * n, 1.0 + 0.15 * n)).tolist()
+
+        def col(rgb: Any) -> tuple[int, int, int]:
+            r, g, b = rgb.tolist() if isinstance(rgb, np.ndarray) else rgb
+            return (min(255, max(0, int(r * c0))), min(255, max(0, int(g * c1))), min(255, max(0, int(b * c2))))
         F, E, B, N, M, H = p["face"], p["eyes"], p["brows"], p["nose"], p["mouth"], p["hair"]
 
         # ---- colours
@@ -339,44 +356,44 @@ class _Renderer:
         clothes = rng.integers(20, 235, 3).astype(np.float32)
         add(
             np.array([[-2.6 * fw, 3.2 * fh], [-2.4 * fw, 1.75 * fh], [-0.8 * fw, 1.3 * fh], [0.8 * fw, 1.3 * fh],
-                      [2.4 * fw, 1.75 * fh], [2.6 * fw, 3.2 * fh]]), 0.0, _col(clothes), None)
+                      [2.4 * fw, 1.75 * fh], [2.6 * fw, 3.2 * fh]]), 0.0, col(clothes), None)
         style = HAIR_STYLES[ident.hair_style]
         vol = 0.1 + 0.05 * H["volume"]
         if style == "long":
             add(np.array([[-fw * 1.35, -fh * 0.5], [fw * 1.35, -fh * 0.5], [fw * 1.55, fh * 1.55],
-                          [-fw * 1.55, fh * 1.55]]), -0.1, _col(hair * 0.85), _CODE["hair"])
+                          [-fw * 1.55, fh * 1.55]]), -0.1, col(hair * 0.85), _CODE["hair"])
         add(np.array([[-0.5 * fw, 0.5 * fh], [0.5 * fw, 0.5 * fh], [0.6 * fw, 1.45 * fh], [-0.6 * fw, 1.45 * fh]]),
-            -0.05, _col(skin * 0.82), _CODE["skin"])
+            -0.05, col(skin * 0.82), _CODE["skin"])
         # ears (behind the face: the far ear disappears under yaw)
         for sx in (-1.0, 1.0):
-            add(_ellipse(sx * fw * 0.97, ey + 0.035, 0.024, 0.045, 10), -0.08, _col(skin * 0.9), _CODE["skin"])
+            add(_ellipse(sx * fw * 0.97, ey + 0.035, 0.024, 0.045, 10), -0.08, col(skin * 0.9), _CODE["skin"])
         # face outline: an ellipse whose lower half narrows towards the chin
         c, s = _circle(28)
         x, y = fw * c, fh * s
         low = s > 0
         x = np.where(low, x * (1.0 - F["jaw"] * s**2), x)
-        add(_xy(x, y), 0.0, _col(skin), _CODE["skin"])
+        add(_xy(x, y), 0.0, col(skin), _CODE["skin"])
         face_outline = _xy(x, y)
         # beard (facial hair counts as skin in the masks)
         if ident.beard == 1:
             pts = face_outline[face_outline[:, 1] > ytip - 0.01] * np.array([0.98, 1.02])
             pts = pts[np.argsort(np.arctan2(pts[:, 1], pts[:, 0]))]
-            add(pts, 0.02, _col(hair * 0.85), _CODE["skin"])
+            add(pts, 0.02, col(hair * 0.85), _CODE["skin"])
         elif ident.beard == 2:
-            add(_ellipse(0.0, ym + 0.035, mw * 1.15, 0.05, 14), 0.05, _col(hair * 0.85), _CODE["skin"])
-            add(_ellipse(0.0, ym - M["lips"] - 0.006, mw * 1.05, 0.009, 10), 0.06, _col(hair * 0.85), _CODE["skin"])
+            add(_ellipse(0.0, ym + 0.035, mw * 1.15, 0.05, 14), 0.05, col(hair * 0.85), _CODE["skin"])
+            add(_ellipse(0.0, ym - M["lips"] - 0.006, mw * 1.05, 0.009, 10), 0.06, col(hair * 0.85), _CODE["skin"])
         # nose: a shaded wedge plus nostrils; the tip is the landmark
         nw = N["width"]
         add(np.array([[-nw * 0.35, ey + 0.02], [nw * 0.35, ey + 0.02], [nw, ytip - 0.004], [nw * 0.6, ytip + 0.008],
                       [-nw * 0.6, ytip + 0.008], [-nw, ytip - 0.004]]),
-            np.array([0.06, 0.06, 0.1, 0.12, 0.12, 0.1]), _col(skin * N["shade"]), _CODE["nose"])
-        add(_ellipse(0.0, ytip - 0.002, nw * 0.45, nw * 0.3, 10), 0.15, _col(skin * 1.05), _CODE["nose"])
+            np.array([0.06, 0.06, 0.1, 0.12, 0.12, 0.1]), col(skin * N["shade"]), _CODE["nose"])
+        add(_ellipse(0.0, ytip - 0.002, nw * 0.45, nw * 0.3, 10), 0.15, col(skin * 1.05), _CODE["nose"])
         nr = 0.25 + 0.1 * N["nostril"]
         for sx in (-1.0, 1.0):
-            add(_ellipse(sx * nw * 0.5, ytip + 0.002, nw * nr, nw * nr * 0.55, 8), 0.11, _col(skin * 0.45),
+            add(_ellipse(sx * nw * 0.5, ytip + 0.002, nw * nr, nw * nr * 0.55, 8), 0.11, col(skin * 0.45),
                 _CODE["nose"])
         # mouth: the mouth line bends up at the corners when smiling, lips part when open
-        xs = mw * np.cos(np.linspace(np.pi, 0.0, 9))
+        xs = mw * _const("mouth_cos", lambda: np.cos(np.linspace(np.pi, 0.0, 9)))
         f = np.sqrt(np.clip(1 - (xs / mw) ** 2, 0, 1))
         line = ym - 0.02 * smile * (1 - (1 - (xs / mw) ** 2))
         gap = 0.022 * mouth_open * f
@@ -384,60 +401,61 @@ class _Renderer:
         upper_top = line - lt * f * (1.0 + 0.3 * np.abs(np.sin(np.pi * xs / mw)))
         lower_bot = line + gap + 1.3 * lt * f
         outer = np.concatenate([_xy(xs, upper_top), _xy(xs[::-1], lower_bot[::-1])[1:-1]])
-        add(outer, 0.06, _col(lip), _CODE["mouth"])
+        add(outer, 0.06, col(lip), _CODE["mouth"])
         if mouth_open > 0:
             inner = np.concatenate([_xy(xs, line), _xy(xs[::-1], (line + gap)[::-1])[1:-1]])
-            add(inner, 0.06, (60, 20, 25), _CODE["mouth"])
+            add(inner, 0.06, col((60, 20, 25)), _CODE["mouth"])
             teeth = np.concatenate([_xy(xs[2:-2], line[2:-2]),
                                     _xy(xs[2:-2][::-1], (line + 0.35 * gap)[2:-2][::-1])])
-            add(teeth, 0.06, (235, 230, 220), _CODE["mouth"])
+            add(teeth, 0.06, col((235, 230, 220)), _CODE["mouth"])
         else:
-            add(_xy(xs, line), 0.06, _col(lip * 0.6), None, "line")
+            add(_xy(xs, line), 0.06, col(lip * 0.6), None, "line")
         # the lip outline has no width at the corners: small corner dots keep the corner landmarks in the mask
         for cx_, cy_ in ((xs[0], line[0]), (xs[-1], line[-1])):
-            add(_ellipse(cx_, cy_, 0.011, 0.011, 8), 0.06, _col(lip * 0.75), _CODE["mouth"])
+            add(_ellipse(cx_, cy_, 0.011, 0.011, 8), 0.06, col(lip * 0.75), _CODE["mouth"])
         # eyes: almond-shaped openings with iris and pupil; the opening's centre is the landmark
-        t = np.linspace(0.0, np.pi, 9)
+        cos_t, sin_t = _const("eye_t", lambda: (np.cos(np.linspace(0.0, np.pi, 9)), np.sin(np.linspace(0.0, np.pi, 9))))
         eye_centres = []
         for side, sx in (("left_eye", -1.0), ("right_eye", 1.0)):
             cx = sx * es
             h_up, h_lo = eh * openness, eh * 0.75 * openness
-            ex = ew * np.cos(t)
-            pts = np.concatenate([_xy(ex, -h_up * np.sin(t)), _xy(ex[::-1], h_lo * np.sin(t))[1:-1]])
+            ex = ew * cos_t
+            pts = np.concatenate([_xy(ex, -h_up * sin_t), _xy(ex[::-1], h_lo * sin_t)[1:-1]])
             ang = -sx * E["tilt"]
             ca, sa = np.cos(ang), np.sin(ang)
             pts = pts @ np.array([[ca, sa], [-sa, ca]]) + np.array([cx, ey])
-            add(pts, 0.07, (238, 236, 230), _CODE[side])
+            add(pts, 0.07, col((238, 236, 230)), _CODE[side])
             ir = ew * E["iris"]
             icx, icy = cx + gaze[0] * ew, ey + gaze[1] * eh
-            add(_ellipse(icx, icy, ir * 0.95, min(ir, h_up * 0.95), 12), 0.075, _col(iris), _CODE[side])
-            add(_ellipse(icx, icy, ir * 0.42, min(ir * 0.42, h_up * 0.6), 8), 0.08, (15, 12, 12), _CODE[side])
-            add(pts[:9], 0.07, _col(skin * 0.35), None, "line")
+            add(_ellipse(icx, icy, ir * 0.95, min(ir, h_up * 0.95), 12), 0.075, col(iris), _CODE[side])
+            add(_ellipse(icx, icy, ir * 0.42, min(ir * 0.42, h_up * 0.6), 8), 0.08, col((15, 12, 12)), _CODE[side])
+            add(pts[:9], 0.07, col(skin * 0.35), None, "line")
             eye_centres.append((cx, ey))
         # brows: tapered bars above the eyes
         for side, sx in (("left_brow", -1.0), ("right_brow", 1.0)):
             L, th = B["length"], B["thickness"]
-            u = np.linspace(0.0, 1.0, 5)
+            u = _const("brow_u", lambda: np.linspace(0.0, 1.0, 5))
             bx = sx * (es - 0.6 * ew + u * (L + ew * 0.6))
             by = ey - B["gap"] - brow_raise - np.tan(B["angle"]) * u * L - B["arch"] * np.sin(np.pi * u)
             half = th * (1.0 - 0.45 * u) / 2
             pts = np.concatenate([_xy(bx, by - half), _xy(bx[::-1], (by + half)[::-1])])
-            add(pts, 0.07, _col(brow), _CODE[side])
+            add(pts, 0.07, col(brow), _CODE[side])
         # hair cap: an outer arc over the head and a hairline across the forehead
         vols = {"short": 0.07, "fringe": 0.1, "side_part": 0.1, "long": 0.12, "curly": 0.3, "receding": 0.03}
         hls = {"short": 0.62, "fringe": 0.38, "side_part": 0.55, "long": 0.58, "curly": 0.55, "receding": 0.85}
         v = vols[style] + 0.03 * H["volume"]
         hl = hls[style] + 0.05 * H["hairline"]
         asym = (0.25 if style == "side_part" else 0.0) + 0.05 * H["asym"]
-        a = np.linspace(np.pi, 2 * np.pi, 13)
-        arc = _xy(fw * (1 + v) * np.cos(a), fh * (1 + 0.8 * v) * np.sin(a) + 0.02)
+        cos_a, sin_a = _const("hair_arc", lambda: (np.cos(np.linspace(np.pi, 2 * np.pi, 13)),
+                                                  np.sin(np.linspace(np.pi, 2 * np.pi, 13))))
+        arc = _xy(fw * (1 + v) * cos_a, fh * (1 + 0.8 * v) * sin_a + 0.02)
         hx = np.linspace(fw * 1.0, -fw * 1.0, 9)
         hy = -fh * hl * (1.0 - 0.75 * (hx / fw) ** 2) - fh * 0.12 + asym * fh * 0.3 * (hx / fw)
         hy = np.minimum(hy, ey - B["gap"] - 0.03)  # a fringe stops above the brows
-        add(np.concatenate([arc, _xy(hx, hy)]), 0.0, _col(hair), _CODE["hair"])
+        add(np.concatenate([arc, _xy(hx, hy)]), 0.0, col(hair), _CODE["hair"])
         # glasses: worn on most (not all) images of a glasses wearer
         if ident.glasses and rng.random() < 0.85:
-            frame = _col(np.array([30, 25, 25]) if rng.random() < 0.7 else rng.integers(20, 200, 3))
+            frame = col(np.array([30, 25, 25]) if rng.random() < 0.7 else rng.integers(20, 200, 3))
             for sx in (-1.0, 1.0):
                 add(_ellipse(sx * es, ey + 0.003, ew * 1.55, ew * 1.15, 14), 0.09, frame, None, "ring")
             add(np.array([[-es + ew * 1.5, ey], [es - ew * 1.5, ey]]), 0.09, frame, None, "line")
@@ -461,19 +479,27 @@ class _Renderer:
         # PIL puts integer coordinates at pixel centres; our pixel j covers [j, j+1).
         pil = (allpts - 0.5).ravel().tolist()
 
-        img = Image.new("RGB", (S, S), _col(rng.integers(0, 256, 3)))
+        img = Image.new("RGB", (S, S), col(rng.integers(0, 256, 3)))
         lab = Image.new("L", (S, S), 0)
         draw, dlab = ImageDraw.Draw(img), ImageDraw.Draw(lab)
-        self._clutter(draw, rng, S)
+        self._clutter(draw, rng, S, col)
         k = 0
         lw = max(1, int(round(S / 112)))
+        # PIL's drawing core directly (ImageDraw.polygon adds a Python layer per call; ~45 calls per image)
+        core, core_lab = getattr(draw, "draw", None), getattr(dlab, "draw", None)
+        fast = hasattr(core, "draw_polygon") and hasattr(core, "draw_ink")
         for m, fill, code, kind in prims:
             xy = pil[2 * k : 2 * (k + m)]
             k += m
             if kind == "poly":
-                draw.polygon(xy, fill=fill)
-                if code is not None:
-                    dlab.polygon(xy, fill=code)
+                if fast:
+                    core.draw_polygon(xy, core.draw_ink(fill), 1)
+                    if code is not None:
+                        core_lab.draw_polygon(xy, code, 1)
+                else:  # pragma: no cover - other Pillow versions
+                    draw.polygon(xy, fill=fill)
+                    if code is not None:
+                        dlab.polygon(xy, fill=code)
             elif kind == "ring":
                 draw.line(xy + xy[:2], fill=fill, width=lw)
             else:
@@ -485,18 +511,17 @@ class _Renderer:
 
         occluded = bool(rng.random() < cfg.occlusion_prob)
         if occluded:
-            self._occluder(draw, dlab, rng, S, landmarks)
+            self._occluder(draw, dlab, rng, S, landmarks, col)
 
         # ---- photometric nuisances
         arr = np.asarray(img, dtype=np.float32)
-        if rng.random() < 0.6:
+        if rng.random() < 0.5:
             arr = _blur(arr, _u(rng, 0.0, 0.9 * n))
+        # illumination gradient: a plane over the image (grids pre-broadcast to (S, S, 3): numpy is slow
+        # when the innermost broadcast axis has length 3)
         gx, gy = _grid(S)
         g = 0.3 * n
-        plane = 1.0 + _u(rng, -g, g) * gx + _u(rng, -g, g) * gy
-        cast = 1.0 + rng.uniform(-0.12, 0.12, 3).astype(np.float32) * n
-        bright = _u(rng, 1.0 - 0.25 * n, 1.0 + 0.15 * n)
-        arr = arr * (plane[..., None] * (cast * bright))
+        arr *= 1.0 + np.float32(_u(rng, -g, g)) * gx + np.float32(_u(rng, -g, g)) * gy
         sigma = _u(rng, 0.0, 7.0 * n)
         if sigma > 0.5:
             noise = _noise_bank(S)[rng.integers(16)]
@@ -504,8 +529,8 @@ class _Renderer:
                 noise = noise[::-1]
             if rng.random() < 0.5:
                 noise = noise[:, ::-1]
-            arr += sigma * noise
-        out = np.clip(arr, 0, 255).astype(np.uint8)
+            arr += np.float32(sigma) * noise
+        out = np.clip(arr, 0, 255, out=arr).astype(np.uint8)
         if rng.random() < cfg.jpeg_prob:
             q = int(_u(rng, max(10.0, 95 - 55 * n), 95))
             buf = io.BytesIO()
@@ -514,24 +539,27 @@ class _Renderer:
             out = np.asarray(Image.open(buf).convert("RGB"))
         return out, np.asarray(lab), landmarks, occluded
 
-    def _clutter(self, draw: ImageDraw.ImageDraw, rng: np.random.Generator, S: int) -> None:
+    def _clutter(self, draw: ImageDraw.ImageDraw, rng: np.random.Generator, S: int, col: Any) -> None:
+        """A cluttered background: random rectangles, ellipses, bars and polygons (one RNG call for all)."""
         count = int(rng.integers(2, 4 + int(5 * self.nuisance)))
-        for _ in range(count):
-            kind = rng.integers(4)
-            x0, y0 = rng.uniform(-0.2, 1.0, 2) * S
-            w, h = rng.uniform(0.1, 0.7, 2) * S
-            col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        u = rng.random((count, 14))
+        u[:, :3] *= 256.0
+        for row in u.tolist():
+            c = col(row[:3])
+            kind = int(row[3] * 4)
+            x0, y0 = (row[4] * 1.2 - 0.2) * S, (row[5] * 1.2 - 0.2) * S
+            w, h = (0.1 + 0.6 * row[6]) * S, (0.1 + 0.6 * row[7]) * S
             if kind == 0:
-                draw.rectangle([x0, y0, x0 + w, y0 + h], fill=col)
+                draw.rectangle([x0, y0, x0 + w, y0 + h], fill=c)
             elif kind == 1:
-                draw.ellipse([x0, y0, x0 + w, y0 + h], fill=col)
+                draw.ellipse([x0, y0, x0 + w, y0 + h], fill=c)
             elif kind == 2:
-                draw.line([x0, y0, x0 + w, y0 + h], fill=col, width=int(rng.integers(1, max(2, S // 16))))
+                draw.line([x0, y0, x0 + w, y0 + h], fill=c, width=1 + int(row[8] * max(1, S // 16)))
             else:
-                draw.polygon(rng.uniform(-0.1, 1.1, 6).astype(np.float64).__mul__(S).tolist(), fill=col)
+                draw.polygon([(v * 1.2 - 0.1) * S for v in row[8:14]], fill=c)
 
     def _occluder(self, draw: ImageDraw.ImageDraw, dlab: ImageDraw.ImageDraw, rng: np.random.Generator, S: int,
-                  landmarks: np.ndarray) -> None:
+                  landmarks: np.ndarray, col: Any) -> None:
         """A random object over a face part (a hand, a cup, a scarf...); it removes that part from the masks."""
         # targets: each eye, nose, mouth, chin, forehead and either cheek (hands, cups, hair, scarves...)
         le, re_, nose, lm_, rm_ = landmarks
@@ -541,16 +569,16 @@ class _Renderer:
         target = targets[int(rng.choice(len(targets), p=weights))] + rng.normal(0, 0.03 * S, 2)
         w, h = rng.uniform(0.12, 0.3, 2) * S
         box = [float(target[0] - w / 2), float(target[1] - h / 2), float(target[0] + w / 2), float(target[1] + h / 2)]
-        col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        c = col(rng.integers(0, 256, 3))
         if rng.random() < 0.5:
-            draw.rectangle(box, fill=col)
+            draw.rectangle(box, fill=c)
             dlab.rectangle(box, fill=0)
         else:
-            draw.ellipse(box, fill=col)
+            draw.ellipse(box, fill=c)
             dlab.ellipse(box, fill=0)
         # a little texture, so the occluder is not a flat patch
         for _ in range(3):
-            c2 = tuple(int(v) for v in rng.integers(0, 256, 3))
+            c2 = col(rng.integers(0, 256, 3))
             yy = _u(rng, box[1], box[3])
             draw.line([box[0], yy, box[2], yy + _u(rng, -5, 5)], fill=c2, width=max(1, S // 56))
 
