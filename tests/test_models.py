@@ -133,3 +133,13 @@ def test_model_config_rebuilds_the_same_model(resnet):
     resnet.train()
     frozen = resnet.head[-1].weight
     assert not frozen.requires_grad and torch.equal(frozen, torch.ones_like(frozen))
+
+
+def test_deepcopy_keeps_the_tap_on_the_copy(resnet):
+    import copy
+
+    clone = copy.deepcopy(resnet).eval()  # e.g. an EMA copy of the model
+    out = clone(torch.rand(1, 3, 112, 112))
+    assert out.activations.shape == (1, 256, 14, 14)
+    hook = next(iter(clone.backbone.layer3._forward_hooks.values()))
+    assert hook.__self__ is clone
