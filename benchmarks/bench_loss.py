@@ -55,7 +55,9 @@ def naive_ecloss(activations: torch.Tensor, beta: float = 4.0, eps: float = 1e-6
             if a.max() <= 0:
                 continue
             index = int(a.argmax())
-            t = positive_template(torch.tensor([index // width, index % width], device=a.device), (height, width), beta)
+            t = positive_template(
+                torch.tensor([index // width, index % width], device=a.device), (height, width), beta
+            )
             terms.append(1 - (a * t).sum() / (a.norm() * t.norm() + eps))
     return torch.stack(terms).mean() if terms else activations.sum() * 0
 
@@ -110,7 +112,9 @@ def bench_overhead(args, device: torch.device, step_time: float) -> None:
     torch.manual_seed(0)
     model = create_face_model(args.backbone, image_size=args.image_size).to(device).eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
-        acts = model(torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)).activations
+        acts = model(
+            torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
+        ).activations
 
     def run():
         x = acts.detach().requires_grad_()
@@ -145,7 +149,9 @@ def bench_losses(args, device: torch.device) -> None:
     results = {}
     for name, fn in cases.items():
         run(fn, acts)  # warm-up
-        results[name] = statistics.median(timed(lambda f=fn: run(f, acts), device) for _ in range(args.loss_repeats))
+        results[name] = statistics.median(
+            timed(lambda f=fn: run(f, acts), device) for _ in range(args.loss_repeats)
+        )
         print(f"  {name:<20s} {results[name] * 1e3:9.2f} ms")
     sub = acts[: args.naive_batch, : args.naive_channels]
     vectorised = statistics.median(timed(lambda: run(ecloss, sub), device) for _ in range(args.loss_repeats))
@@ -163,13 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     parser.add_argument("--backbone", default=None, help="default: resnet18 on CPU, resnet50 on GPU")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CPU, 128 on GPU")
-    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="default: none on CPU, bf16 on GPU")
+    parser.add_argument(
+        "--amp", choices=("none", "bf16", "fp16"), default=None, help="default: none on CPU, bf16 on GPU"
+    )
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=None, help="interleaved pairs of training steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    )
     if args.quick and not args.threads:
         args.threads = 1  # a smoke run on a shared machine: one thread avoids oversubscription stalls
     if args.threads:

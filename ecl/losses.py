@@ -43,7 +43,9 @@ HEAD_KINDS = ("arcface", "cosface", "softmax")
 # --------------------------------------------------------------------------------------- helpers
 def _check_activations(activations: Tensor, name: str = "activations") -> None:
     if not isinstance(activations, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(activations).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(activations).__name__}"
+        )
     if activations.dim() != 4:
         raise ValueError(
             f"{name} must have shape (B, C, H, W) (the target layer's output), got {tuple(activations.shape)}; "
@@ -106,7 +108,9 @@ def activation_template(
     return template
 
 
-def positive_template(peaks: Tensor, size: tuple[int, int], beta: float = 4.0, dtype: torch.dtype = torch.float32) -> Tensor:
+def positive_template(
+    peaks: Tensor, size: tuple[int, int], beta: float = 4.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """``T_mu^+ = max(T_mu, 0)``, the diamond-shaped pyramid ECLoss matches (see :func:`activation_template`)."""
     return activation_template(peaks, size, beta=beta, positive=True, dtype=dtype)
 
@@ -265,7 +269,9 @@ class ECLoss(nn.Module):
         eps: Denominator guard of the cosine.
     """
 
-    def __init__(self, beta: float = 4.0, gamma: float = 0.0, peak: str = "argmax", eps: float = 1e-6) -> None:
+    def __init__(
+        self, beta: float = 4.0, gamma: float = 0.0, peak: str = "argmax", eps: float = 1e-6
+    ) -> None:
         super().__init__()
         if peak not in PEAK_MODES:
             raise ValueError(f"peak must be one of {PEAK_MODES}, got {peak!r}")
@@ -452,7 +458,9 @@ class MarginHead(nn.Module):
     ) -> None:
         super().__init__()
         if embedding_dim < 1 or num_classes < 1:
-            raise ValueError(f"embedding_dim and num_classes must be >= 1, got {embedding_dim}, {num_classes}")
+            raise ValueError(
+                f"embedding_dim and num_classes must be >= 1, got {embedding_dim}, {num_classes}"
+            )
         if s <= 0:
             raise ValueError(f"scale s must be > 0, got {s}")
         if m1 < 1 or m2 < 0 or m3 < 0:
@@ -475,7 +483,9 @@ class MarginHead(nn.Module):
             )
         with _no_autocast(embeddings.device):
             dtype = _compute_dtype(embeddings)
-            return F.linear(F.normalize(embeddings.to(dtype), dim=1), F.normalize(self.weight.to(dtype), dim=1))
+            return F.linear(
+                F.normalize(embeddings.to(dtype), dim=1), F.normalize(self.weight.to(dtype), dim=1)
+            )
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         cos = self.cosine(embeddings)

@@ -110,7 +110,9 @@ def apply_face_stem(backbone: nn.Module) -> str:
     )
 
 
-def _trace_layers(backbone: nn.Module, image_size: int, in_chans: int) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
+def _trace_layers(
+    backbone: nn.Module, image_size: int, in_chans: int
+) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
     """Run one dummy forward and record the output shape of every candidate layer, in completion order."""
     shapes: dict[str, list[tuple[int, ...]]] = {}
     handles = []
@@ -131,7 +133,9 @@ def _trace_layers(backbone: nn.Module, image_size: int, in_chans: int) -> tuple[
         param = next(backbone.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         with torch.no_grad():
-            features = backbone.forward_features(torch.zeros(1, in_chans, image_size, image_size, device=device))
+            features = backbone.forward_features(
+                torch.zeros(1, in_chans, image_size, image_size, device=device)
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -386,6 +390,8 @@ def create_face_model(
     )
 
 
-def list_target_layers(backbone: str = "resnet18", image_size: int = 112, **kwargs: Any) -> dict[str, tuple[int, int, int]]:
+def list_target_layers(
+    backbone: str = "resnet18", image_size: int = 112, **kwargs: Any
+) -> dict[str, tuple[int, int, int]]:
     """``(C, H, W)`` of every valid target layer of a backbone, built with :func:`create_face_model`'s options."""
     return create_face_model(backbone, image_size=image_size, **kwargs).layer_shapes()

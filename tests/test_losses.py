@@ -229,8 +229,11 @@ def naive_icnn(activations: torch.Tensor, beta: float = 4.0) -> torch.Tensor:
     batch, channels, height, width = activations.shape
     n = max(height, width)
     tau, alpha = 0.5 / n**2, n**2 / (1 + n**2)
-    templates = [tau * activation_template(torch.tensor([i, j]), (height, width), beta, dtype=activations.dtype)
-                 for i in range(height) for j in range(width)]
+    templates = [
+        tau * activation_template(torch.tensor([i, j]), (height, width), beta, dtype=activations.dtype)
+        for i in range(height)
+        for j in range(width)
+    ]
     templates.append(torch.full((height, width), -tau, dtype=activations.dtype))
     priors = [alpha / (height * width)] * (height * width) + [1 - alpha]
     losses = []
@@ -333,7 +336,9 @@ def test_sphereface_style_multiplicative_margin_and_autocast():
     cos = head.cosine(emb)[torch.arange(5), labels]
     theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
     expected = torch.where(theta > math.pi / 2, cos, torch.cos(2 * theta))
-    torch.testing.assert_close(head(emb, labels)[torch.arange(5), labels], 8.0 * expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        head(emb, labels)[torch.arange(5), labels], 8.0 * expected, atol=1e-5, rtol=1e-5
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = make_head("arcface", 4, 3)(emb.bfloat16(), labels)
     assert logits.dtype == torch.float32

@@ -51,7 +51,9 @@ def test_model_normalises_with_timm_data_config(resnet):
     torch.testing.assert_close(resnet.mean.flatten(), torch.tensor(config["mean"]))
     torch.testing.assert_close(resnet.std.flatten(), torch.tensor(config["std"]))
     images = torch.rand(1, 3, 112, 112)
-    expected = (images - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
+    expected = (images - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(resnet.normalize(images), expected)
     assert "mean" not in resnet.state_dict()  # derived from the config, not a learned state
 
@@ -84,7 +86,11 @@ def test_without_face_stem_and_with_output_stride():
 
 @pytest.mark.parametrize(
     "backbone, layer, channels",
-    [("mobilenetv3_small_100", "blocks.3", 48), ("convnext_atto", "stages.2", 160), ("efficientnet_b0", "blocks.4", 112)],
+    [
+        ("mobilenetv3_small_100", "blocks.3", 48),
+        ("convnext_atto", "stages.2", 160),
+        ("efficientnet_b0", "blocks.4", 112),
+    ],
 )
 def test_other_backbones_default_to_a_14x14_map(backbone, layer, channels):
     torch.manual_seed(0)
@@ -112,7 +118,9 @@ def test_relu_only_on_the_tap_and_forward_mask_changes_what_flows():
         masked = create_face_model("convnext_atto", embedding_dim=8, forward_mask=True).eval()
         masked.load_state_dict(model.state_dict())
         handle.remove()
-        handle = masked.backbone.stages[3].register_forward_pre_hook(lambda _m, inputs: seen.__setitem__("x", inputs[0]))
+        handle = masked.backbone.stages[3].register_forward_pre_hook(
+            lambda _m, inputs: seen.__setitem__("x", inputs[0])
+        )
         out_masked = masked(images)
     finally:
         handle.remove()
