@@ -205,8 +205,9 @@ def ecloss(
 
     ``L_match`` is the mean, over active maps (``max A_bc > 0``), of
     ``1 - <A_bc, T+_bc> / (||A_bc|| * ||T+_bc|| + eps)``, with ``T+_bc`` the positive template at the
-    map's own peak (no gradient through the peak). It is in [0, 1], invariant to scaling a map, and 0
-    exactly when every active map is a scaled copy of its own pyramid. ``L_div`` is, per image, the
+    map's own peak (no gradient through the peak). It is in [0, 1], invariant to scaling a map (up to
+    ``eps / ||A_bc||``, which matters only for nearly dead maps), and 0 (up to the same eps) exactly
+    when every active map is a scaled copy of its own pyramid. ``L_div`` is, per image, the
     mean squared cosine between distinct *active* maps, averaged over the images with at least two
     active maps (an image with fewer has no pair to compare). With no active map the loss is an exact 0
     that still back-propagates (zero gradients), so it never breaks a training step.

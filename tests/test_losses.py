@@ -342,3 +342,29 @@ def test_sphereface_style_multiplicative_margin_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = make_head("arcface", 4, 3)(emb.bfloat16(), labels)
     assert logits.dtype == torch.float32
+
+
+def test_ecloss_properties_on_random_shapes():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=40, deadline=None)
+    @hypothesis.given(
+        shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 7), st.integers(1, 7)),
+        scale=st.floats(1e-3, 1e3),
+        seed=st.integers(0, 2**16),
+    )
+    def check(shape, scale, seed):
+        generator = torch.Generator().manual_seed(seed)
+        a = torch.randn(*shape, generator=generator, dtype=torch.float64).relu()
+        loss = ecloss(a)
+        assert 0.0 <= loss.item() <= 1.0
+        # Scale invariance holds up to the eps in the denominator: each map's term moves by at most
+        # eps / (||A|| ||T+||) <= eps / ||A||, which matters only for nearly dead maps.
+        norms = a.flatten(2).norm(dim=-1)
+        smallest = norms[norms > 0].min().item() * min(scale, 1.0) if (norms > 0).any() else 1.0
+        tolerance = 2e-6 / smallest + 1e-9
+        assert abs(ecloss(a * scale).item() - loss.item()) <= tolerance
+        torch.testing.assert_close(loss, naive_ecloss(a))
+
+    check()
