@@ -10,13 +10,14 @@ distance 3.99 or more, i.e. embeddings pointing in nearly opposite directions.
 
 Folds:
 - explicit fold ids (``PairList.fold``, e.g. LFW View-2 ``pairs.txt``'s 10 blocks) are kept;
-- an integer ``folds`` builds *balanced* folds in list order: the k-th same pair of the list (in
-  list order, counting from 0) goes to fold ``k * folds // n_same`` and the k-th different pair to
-  fold ``k * folds // n_diff``. On a list already made of ``folds`` equal blocks with equal numbers of
-  same and different pairs (LFW ``pairs.txt``, the insightface ``.bin`` packs) this is exactly the
-  contiguous ``KFold(n_splits=folds, shuffle=False)`` split of that code; on a list that is all
-  same pairs then all different pairs (LFW View-1 ``pairsDevTest.txt``) it gives every fold equal
-  numbers of both, where a contiguous split would not.
+- an integer ``folds`` builds *balanced* folds in list order: the same pairs, in list order, are
+  cut into ``folds`` contiguous chunks as ``KFold(shuffle=False)`` cuts a list (the first
+  ``n_same % folds`` chunks one longer), and so are the different pairs; chunk f of each forms
+  fold f (the rule of ``ecl.data.balanced_folds``). On a list already made of ``folds`` equal blocks
+  with equal numbers of same and different pairs (LFW ``pairs.txt``, the insightface ``.bin``
+  packs) this is exactly the contiguous ``KFold(n_splits=folds, shuffle=False)`` split of that
+  code; on a list that is all same pairs then all different pairs (LFW View-1
+  ``pairsDevTest.txt``) it gives every fold equal numbers of both, where a contiguous split would not.
 - ``balanced=False`` uses the contiguous ``KFold(shuffle=False)`` split whatever the list.
 
 ROC and AUC come from scikit-learn on the score ``-distance``. EER is where the false-negative and
@@ -29,9 +30,7 @@ segment is horizontal, so this equals the usual "best TAR with FAR <= f").
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,8 +198,9 @@ class VerificationResult:
 def balanced_folds(is_same: np.ndarray, folds: int = 10) -> np.ndarray:
     """Fold ids that give every fold equal shares of same and different pairs, in list order.
 
-    The k-th same pair goes to fold ``k * folds // n_same``, the k-th different pair to fold
-    ``k * folds // n_diff`` (k counted from 0 in list order, within its kind).
+    The same pairs (in list order) are cut into ``folds`` contiguous chunks with the sizes
+    ``KFold(shuffle=False)`` uses (the first ``n % folds`` one longer), the different pairs too;
+    chunk f of each is fold f. Same rule as ``ecl.data.balanced_folds``.
 
     Args:
         is_same: bool (N,). folds: number of folds.
@@ -212,7 +212,8 @@ def balanced_folds(is_same: np.ndarray, folds: int = 10) -> np.ndarray:
     fold_ids = np.empty(len(is_same), dtype=np.int64)
     for kind in (True, False):
         where = np.flatnonzero(is_same == kind)
-        fold_ids[where] = np.arange(len(where)) * folds // max(len(where), 1)
+        for fold, chunk in enumerate(np.array_split(where, folds)):  # KFold's chunk sizes
+            fold_ids[chunk] = fold
     return fold_ids
 
 
@@ -368,96 +369,50 @@ def evaluate_pairs(
     )
 
 
-# --------------------------------------------------------------------------- insightface .bin packs
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers, bytes, numbers and bools: a .bin pack can run no code."""
-
-    def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name} from a .bin pack: only lists of bytes and bools are allowed"
-        )
-
-
-class BinPairs(torch.utils.data.Dataset):
-    """An insightface verification pack (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin`` ...).
-
-    The pack is a pickle of ``(bins, issame_list)``: ``2 N`` encoded images (pair i is images
-    ``2i`` and ``2i+1``) and ``N`` booleans. It is read with an unpickler that accepts plain
-    bytes/lists/bools only, so a crafted file cannot execute code; packs that store numpy
-    objects are refused with that message.
-
-    Items are dicts ``{"image", "label", "landmarks", "index"}`` like every ecl dataset; ``label`` is
-    -1 (identities are unknown) and ``landmarks`` is empty (0, 2).
-    """
-
-    landmark_names: tuple[str, ...] = ()
-    part_names: tuple[str, ...] = ()
-    num_classes = 0
-
-    def __init__(self, path: str | Path, image_size: int = 112):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no insightface .bin pack at {path}")
-        with path.open("rb") as f:
-            bins, issame = _SafeUnpickler(f, encoding="bytes").load()
-        if len(bins) != 2 * len(issame):
-            raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs (expected twice as many)")
-        self.bins = [bytes(b) for b in bins]
-        self.image_size = image_size
-        self.labels = [-1] * len(self.bins)
-        n = len(issame)
-        from types import SimpleNamespace
-
-        self.pairs = SimpleNamespace(
-            index_a=np.arange(0, 2 * n, 2),
-            index_b=np.arange(1, 2 * n, 2),
-            is_same=np.asarray(issame, dtype=bool),
-            fold=None,  # the packs are 10 contiguous balanced blocks: balanced folds reproduce them
-        )
-
-    def __len__(self) -> int:
-        return len(self.bins)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        from PIL import Image
-
-        image = Image.open(io.BytesIO(self.bins[index])).convert("RGB")
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        return {
-            "image": torch.from_numpy(array).permute(2, 0, 1).contiguous(),
-            "label": -1,
-            "landmarks": torch.zeros(0, 2),
-            "index": index,
-        }
-
-
 # --------------------------------------------------------------------------- CLI
 
 
-def _load_data(spec: str, image_size: int, max_images: int | None):
-    """(dataset, pairs, eval_dataset_for_explainability_or_None) for a --data spec."""
-    kind, _, root = spec.partition(":")
-    if kind == "bin":
-        dataset = BinPairs(root, image_size=image_size)
-        return dataset, dataset.pairs, None
+DATA_SPECS = "faceparts | lfw:ROOT | lfw-view2:ROOT | celeba:ROOT | bin:FILE"
+
+
+def load_evaluation_data(spec: str, image_size: int = 112) -> tuple[Any, Any, Any]:
+    """The data a ``--data`` spec names: ``(pair_dataset, pairs, explain_dataset or None)``.
+
+    - ``faceparts``: the FaceParts test split and its pair list; explainability on the same images
+      (5 landmarks and part masks).
+    - ``lfw:ROOT``: LFW View-1 test pairs (``pairsDevTest.txt``); ``lfw-view2:ROOT``: View-2
+      ``pairs.txt``. Explainability on the View-1 test people with 68 landmarks (masks drawn from them).
+    - ``celeba:ROOT``: drawn pairs on the CelebA test identities; explainability with 68 landmarks.
+    - ``bin:FILE``: an insightface verification pack (no landmarks: translation tracking only).
+    """
     from ecl import data as ecl_data
 
+    kind, _, root = spec.partition(":")
+    if kind in ("lfw", "lfw-view2", "celeba", "bin") and not root:
+        raise SystemExit(f"--data {kind}:PATH needs a path, e.g. --data {kind}:../shared/data/lfw")
     if kind == "faceparts":
-        dataset = ecl_data.build_dataset("faceparts", None, split="test", image_size=image_size)
-    elif kind in ("lfw", "celeba"):
-        if not root:
-            raise SystemExit(f"--data {kind}:ROOT needs the dataset folder, e.g. --data {kind}:../shared/data/{kind}")
-        dataset = ecl_data.build_dataset(kind, root, split="test", image_size=image_size)
-    else:
-        raise SystemExit(f"unknown --data {spec!r}: use faceparts, lfw:ROOT, celeba:ROOT or bin:FILE")
-    pairs = getattr(dataset, "pairs", None)
-    if pairs is None:
-        pairs = ecl_data.build_pairs(dataset)
-    return dataset, pairs, dataset
+        dataset, pairs = ecl_data.build_pairs("faceparts", None, split="test", image_size=image_size)
+        return dataset, pairs, dataset
+    if kind in ("lfw", "lfw-view2"):
+        view = "test" if kind == "lfw" else "view2"
+        dataset, pairs = ecl_data.build_pairs("lfw", root, view=view, image_size=image_size, on_missing="drop")
+        explain_dataset = ecl_data.build_dataset("lfw", root, split="test", image_size=image_size, landmarks="68pt")
+        return dataset, pairs, explain_dataset
+    if kind == "celeba":
+        dataset, pairs = ecl_data.build_pairs("celeba", root, split="test", image_size=image_size, landmarks="68pt")
+        return dataset, pairs, dataset
+    if kind == "bin":
+        dataset, pairs = ecl_data.build_pairs("bin", root, image_size=image_size)
+        return dataset, pairs, dataset
+    raise SystemExit(f"unknown --data {spec!r}: use {DATA_SPECS}")
+
+
+def restrict_pairs(pairs: Any, max_images: int) -> Any:
+    """The pairs whose two images are both among the first ``max_images``."""
+    from ecl.data import PairList
+
+    keep = (np.asarray(pairs.index_a) < max_images) & (np.asarray(pairs.index_b) < max_images)
+    return PairList(pairs.index_a[keep], pairs.index_b[keep], pairs.is_same[keep], pairs.fold[keep])
 
 
 def _json_default(value: Any):
@@ -477,21 +432,10 @@ def run(args: argparse.Namespace) -> int:
     model, _config = load_run(args.checkpoint, map_location="cpu")
     model.to(device).eval()
     image_size = int(getattr(model, "image_size", 112))
-    dataset, pairs, explain_dataset = _load_data(args.data, image_size, args.max_images)
+    dataset, pairs, explain_dataset = load_evaluation_data(args.data, image_size)
     progress = not args.quiet
     if args.max_images is not None and len(dataset) > args.max_images:
-        keep = np.flatnonzero(
-            (np.asarray(pairs.index_a) < args.max_images) & (np.asarray(pairs.index_b) < args.max_images)
-        )
-        from types import SimpleNamespace
-
-        fold = getattr(pairs, "fold", None)
-        pairs = SimpleNamespace(
-            index_a=np.asarray(pairs.index_a)[keep],
-            index_b=np.asarray(pairs.index_b)[keep],
-            is_same=np.asarray(pairs.is_same)[keep],
-            fold=None if fold is None else np.asarray(fold)[keep],
-        )
+        pairs = restrict_pairs(pairs, args.max_images)
         dataset = torch.utils.data.Subset(dataset, range(args.max_images))
     result = evaluate_pairs(
         model, dataset, pairs, flip=not args.no_flip, batch_size=args.batch_size, device=device, progress=progress
@@ -510,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             progress=progress,
         )
-    text = json.dumps(output, default=_json_default, allow_nan=True)
+    text = json.dumps(output, default=_json_default)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
@@ -532,7 +476,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data",
         default="faceparts",
-        help="faceparts | lfw:ROOT | celeba:ROOT | bin:FILE (an insightface verification pack)",
+        help=f"{DATA_SPECS} (bin: an insightface verification pack)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
@@ -547,7 +491,6 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 __all__ = [
     "FARS",
     "THRESHOLDS",
-    "BinPairs",
     "VerificationResult",
     "add_subparser",
     "balanced_folds",

@@ -5,11 +5,13 @@ All metrics read the target-layer ``activations`` (B, C, H, W) a ``FaceModel`` r
 - Peaks. A map's peak is its argmax cell (first on ties) ``(i, j)``; in image pixels it is the
   centre of that receptive-field cell, ``x = (j + 0.5) * S_w / W``, ``y = (i + 0.5) * S_h / H``.
 - ``collect_activations`` makes one streaming pass: per image and channel it keeps the maximum
-  activation and the peak cell (O(N C) numbers), per channel a histogram sketch of all raw
-  activation values (for the Network Dissection quantile), and, for datasets with part masks, how
-  often each channel's peak falls inside each part (O(C P) counts). No activation map is kept.
-- ``location_instability`` (ICNN), ``part_iou`` (Network Dissection; a second streaming pass that
-  needs the quantile thresholds of the first), ``peak_hit_rate`` (pointing game),
+  activation and the peak cell (O(N C) numbers); per channel, histograms of the raw activations
+  (for the Network Dissection quantile) and of the upsampled maps over all pixels and inside each
+  part mask (O(C P bins) counts), which give the part-IoU tallies at the quantile threshold at the
+  end of the pass; and how often each channel's peak falls inside each part. No activation map
+  outlives its batch, so memory does not grow with the number of images beyond O(N C).
+- ``location_instability`` (ICNN), ``part_iou_from_stats`` (Network Dissection, from the one pass;
+  ``part_iou`` is the exact two-pass version), ``peak_hit_rate`` (pointing game),
   ``translation_tracking`` (label-free: does a channel's peak follow the face when the image
   shifts?) and ``part_coverage`` (how many channels each part gets, and the entropy of that).
 - ``explainability_report`` runs everything on a dataset and on jittered copies of it.
@@ -19,6 +21,10 @@ Approximations, stated where they are made:
   [0, hi], where ``hi`` doubles (merging bin pairs) whenever a larger value arrives; exact zeros are
   counted apart. The estimate is interpolated inside its bin, so its error is at most one bin
   width, ``hi / bins <= 2 * max / bins`` (0.1% of the channel's largest activation for 2048 bins).
+- The one-pass IoU counts the upsampled pixels above the threshold from histograms with the same
+  bins: only pixels whose value shares the threshold's bin are uncertain, and they are counted as
+  spread evenly over that bin. ``part_iou`` (a second pass) counts them exactly; the benchmark
+  ``benchmarks/bench_explain.py`` reports the difference.
 - Part masks of data with 68 landmarks and no annotated masks are polygons drawn through the
   landmarks (``landmark_part_masks``): eyes 36-41 / 42-47, mouth 48-59, nose as the convex hull of
   27-35, eyebrows as a thick line through 17-21 / 22-26 (width 0.1 x the eye distance). They are
@@ -86,72 +92,118 @@ def _activations(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return activations.float()
 
 
-# --------------------------------------------------------------------------- quantile sketch
+# --------------------------------------------------------------------------- streaming histograms
 
 
-class QuantileSketch:
-    """Per-channel streaming histogram of non-negative values, for a high quantile.
+class ChannelHistograms:
+    """Per-channel streaming histograms of non-negative values, in groups that share one range.
 
-    Bins are equal over [0, hi]; ``hi`` starts at the first positive maximum and doubles
-    (merging bin pairs) whenever a larger value arrives, so the bin width stays within
-    ``2 * max / bins``. Exact zeros (most of a ReLU map) are counted apart.
+    Bins are equal over [0, hi_c]; ``hi_c`` starts at the channel's first positive maximum and
+    doubles (merging bin pairs of every group) whenever a larger value arrives, so the bin width
+    stays within ``2 * max_c / bins``. Zeros are not binned (most of a ReLU map is zero); group 0
+    counts them apart so that its quantiles are exact up to one bin.
+
+    ``collect_activations`` uses group 0 for the raw activations (the quantile), and further groups
+    for the upsampled maps: all pixels, and the pixels inside each part mask. Counting the
+    upsampled values above a threshold then gives Network Dissection's tallies without a second
+    pass.
 
     Args:
-        num_channels: C. bins: histogram bins per channel (a power of two).
+        num_channels: C. groups: G. bins: bins per channel and group (a power of two).
         device: where the counts live (the activations' device avoids copies).
     """
 
-    def __init__(self, num_channels: int, bins: int = 2048, device: str | torch.device = "cpu"):
+    def __init__(self, num_channels: int, groups: int = 1, bins: int = 2048, device: str | torch.device = "cpu"):
         if bins < 2 or bins & (bins - 1):
             raise ValueError(f"bins must be a power of two >= 2; got {bins}")
-        self.bins = bins
-        self.hist = torch.zeros(num_channels, bins, dtype=torch.long, device=device)
+        self.bins, self.groups, self.num_channels = bins, groups, num_channels
+        self.hist = torch.zeros(num_channels, groups, bins, dtype=torch.long, device=device)
         self.hi = torch.zeros(num_channels, dtype=torch.float64, device=device)
         self.zeros = torch.zeros(num_channels, dtype=torch.long, device=device)
         self.count = 0
 
-    def update(self, values: torch.Tensor) -> None:
-        """Add values (C, n); negative values count as zeros (maps are taken after a ReLU)."""
-        values = values.detach().float().clamp_min(0)
-        num_channels = values.shape[0]
-        self.count += values.shape[1]
-        positive = values > 0
-        self.zeros += (~positive).sum(1)
-        vmax = values.max(1).values.double()
+    def extend(self, vmax: torch.Tensor) -> None:
+        """Grow each channel's range to cover ``vmax`` (C,), merging bins by powers of two."""
+        vmax = vmax.detach().double().to(self.hi.device)
         first = (self.hi == 0) & (vmax > 0)
         self.hi[first] = vmax[first]
         grow = vmax > self.hi
-        if grow.any():
-            rows = torch.nonzero(grow).flatten()
-            hi, target = self.hi[rows].cpu().numpy(), vmax[rows].cpu().numpy()
-            doublings = np.ceil(np.log2(target / hi)).astype(np.int64)
-            doublings += hi * 2.0**doublings < target  # guard against log2 rounding down
-            max_doublings = int(math.log2(self.bins))
-            for k in np.unique(doublings):
-                idx = rows[torch.as_tensor(doublings == k, device=rows.device)]
-                factor = 2 ** min(int(k), max_doublings)
-                merged = self.hist[idx].reshape(len(idx), self.bins // factor, factor).sum(-1)
-                self.hist[idx] = F.pad(merged, (0, self.bins - self.bins // factor))
-                self.hi[idx] *= 2.0 ** int(k)
-        scale = (self.bins / self.hi.clamp_min(1e-30)).float()[:, None]
-        bucket = (values * scale).long().clamp_(0, self.bins - 1)
-        offsets = torch.arange(num_channels, device=values.device)[:, None] * self.bins
-        flat = (bucket + offsets)[positive]
-        self.hist += torch.bincount(flat, minlength=num_channels * self.bins).reshape(num_channels, self.bins)
+        if not grow.any():
+            return
+        rows = torch.nonzero(grow).flatten()
+        hi, target = self.hi[rows].cpu().numpy(), vmax[rows].cpu().numpy()
+        doublings = np.ceil(np.log2(target / hi)).astype(np.int64)
+        doublings += hi * 2.0**doublings < target  # guard against log2 rounding down
+        max_doublings = int(math.log2(self.bins))
+        for k in np.unique(doublings):
+            idx = rows[torch.as_tensor(doublings == k, device=rows.device)]
+            factor = 2 ** min(int(k), max_doublings)
+            merged = self.hist[idx].reshape(len(idx), self.groups, self.bins // factor, factor).sum(-1)
+            self.hist[idx] = F.pad(merged, (0, self.bins - self.bins // factor))
+            self.hi[idx] *= 2.0 ** int(k)
+
+    def add(self, values: torch.Tensor, channels: torch.Tensor, group: int | torch.Tensor) -> None:
+        """Count positive values (n,) of the given channels (n,) in a group (int or (n,) long).
+
+        Values must lie within range (call ``extend`` first; values above it land in the last bin).
+        """
+        scale = (self.bins / self.hi[channels].clamp_min(1e-30)).float()
+        bucket = (values.float() * scale).long().clamp_(0, self.bins - 1)
+        index = (channels * self.groups + group) * self.bins + bucket
+        self.hist.view(-1).index_add_(0, index, torch.ones_like(index))
+
+    def update(self, values: torch.Tensor) -> None:
+        """Extend the range to cover raw values (C, n) and count them in group 0 (zeros apart)."""
+        values = values.detach().float()
+        if values.shape[0] != self.num_channels:
+            raise ValueError(f"update takes values of all {self.num_channels} channels; got {values.shape[0]} rows")
+        self.extend(values.amax(1))
+        positive = values > 0
+        self.count += values.shape[1]
+        self.zeros += values.shape[1] - positive.sum(1)
+        rows, _ = torch.nonzero(positive, as_tuple=True)
+        self.add(values[positive], rows, 0)
+
+    def lower_bound(self, rank: int) -> torch.Tensor:
+        """Per channel, a value with at least ``rank`` group-0 values at or above it (C,).
+
+        The lower edge of the highest bin that still has ``rank`` values at or above it; 0 when
+        fewer than ``rank`` positive values have been seen.
+        """
+        above = self.hist[:, 0].flip(-1).cumsum(-1).flip(-1)
+        top = (above >= rank).sum(1) - 1
+        return torch.where(top >= 0, top.double() * self.hi / self.bins, torch.zeros_like(self.hi))
 
     def quantile(self, level: float) -> torch.Tensor:
-        """The ``level`` quantile (e.g. 0.995) of every channel's values, float64 (C,)."""
+        """The ``level`` quantile (e.g. 0.995) of every channel's group-0 values, float64 (C,)."""
         if self.count == 0:
-            raise ValueError("the sketch holds no values")
+            raise ValueError("the histograms hold no values")
+        hist = self.hist[:, 0].double()
         rank = level * self.count - self.zeros.double()  # how many positive values lie below it
-        cumulative = self.hist.double().cumsum(1)
-        index = torch.searchsorted(cumulative, rank[:, None].clamp_min(0)).squeeze(1).clamp_(max=self.bins - 1)
+        cumulative = hist.cumsum(1)
+        index = torch.searchsorted(cumulative, rank[:, None].clamp_min(0).contiguous()).squeeze(1)
+        index = index.clamp_(max=self.bins - 1)
         before = torch.where(index > 0, cumulative.gather(1, (index - 1).clamp_min(0)[:, None]).squeeze(1), 0.0)
-        inside = self.hist.double().gather(1, index[:, None]).squeeze(1)
+        inside = hist.gather(1, index[:, None]).squeeze(1)
         fraction = ((rank - before) / inside.clamp_min(1)).clamp(0, 1)
-        width = self.hi / self.bins
-        value = (index.double() + fraction) * width
+        value = (index.double() + fraction) * self.hi / self.bins
         return torch.where(rank <= 0, torch.zeros_like(value), value)
+
+    def count_above(self, thresholds: torch.Tensor) -> torch.Tensor:
+        """How many binned values of each group exceed each channel's threshold, float64 (C, G).
+
+        Values inside the threshold's own bin are taken as spread evenly over it.
+        """
+        thresholds = torch.as_tensor(thresholds, dtype=torch.float64, device=self.hi.device)
+        position = (thresholds / self.hi.clamp_min(1e-300) * self.bins).clamp(0, self.bins)
+        index = position.floor().long().clamp_(max=self.bins - 1)
+        fraction = (position - index.double()).clamp(0, 1)  # share of the threshold's bin below it
+        hist = self.hist.double()
+        above = hist.flip(-1).cumsum(-1).flip(-1)  # above[..., k] = count in bins k and up
+        at = index[:, None, None].expand(-1, self.groups, 1)
+        from_bin = above.gather(2, at).squeeze(2)
+        in_bin = hist.gather(2, at).squeeze(2)
+        return from_bin - fraction[:, None] * in_bin
 
 
 # --------------------------------------------------------------------------- one streaming pass
@@ -171,6 +223,9 @@ class ActivationStats:
             None without masks.
         thresholds: (C,) the (1 - quantile) value of all raw activations of each channel.
         quantile: q.
+        iou_tallies: ``(intersection (C, P), map_area (C,), part_area (P,))`` pixel counts of the
+            upsampled maps binarised at ``thresholds`` (from the histograms, see
+            ``ChannelHistograms.count_above``); None without masks.
     """
 
     max_activation: np.ndarray
@@ -183,6 +238,7 @@ class ActivationStats:
     landmark_names: tuple[str, ...] = ()
     part_names: tuple[str, ...] = ()
     part_hits: np.ndarray | None = field(default=None, repr=False)
+    iou_tallies: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def num_images(self) -> int:
@@ -220,6 +276,48 @@ def peak_in_masks(cells: torch.Tensor, map_size: tuple[int, int], masks: torch.T
     return masks.reshape(b, p, image_h * image_w).gather(2, flat).transpose(1, 2)
 
 
+def _upsampled_histograms(
+    histograms: ChannelHistograms,
+    activations: torch.Tensor,
+    maxima: torch.Tensor,
+    masks: torch.Tensor,
+    floor: torch.Tensor,
+    max_values: int = 1 << 23,
+) -> None:
+    """Add one batch's bilinearly upsampled maps to the histograms: group P + 1 all pixels, group
+    1 + p the pixels inside part p, counting only values above each channel's ``floor`` (C,).
+
+    Only maps whose maximum exceeds the floor are upsampled (a bilinear value never exceeds its
+    map's maximum), in chunks of at most ``max_values`` upsampled values, and only the pixels above
+    the floor are binned.
+    """
+    b, c, h, w = activations.shape
+    p, image_h, image_w = masks.shape[1:]
+    pixels = image_h * image_w
+    flat_masks = masks.reshape(b, p, pixels)
+    exclusive = bool((flat_masks.sum(1) <= 1).all())
+    if exclusive:  # a parsing map (FaceParts): one part id per pixel
+        labels = torch.where(flat_masks.any(1), 1 + flat_masks.to(torch.uint8).argmax(1), -1)  # (B, S^2)
+    image_index, channel_index = torch.nonzero(maxima > floor[None, :].to(maxima.dtype), as_tuple=True)
+    chunk = max(1, max_values // max(pixels, 1))
+    for start in range(0, len(image_index), chunk):
+        images, channels = image_index[start : start + chunk], channel_index[start : start + chunk]
+        maps = activations[images, channels][:, None]  # (K, 1, H, W)
+        upsampled = F.interpolate(maps, size=(image_h, image_w), mode="bilinear", align_corners=False)
+        upsampled = upsampled.reshape(len(images), pixels)
+        rows, cols = torch.nonzero(upsampled > floor[channels].to(upsampled.dtype)[:, None], as_tuple=True)
+        values, image, channel = upsampled[rows, cols], images[rows], channels[rows]
+        histograms.add(values, channel, p + 1)
+        if exclusive:
+            part = labels[image, cols]
+            inside = part >= 0
+            histograms.add(values[inside], channel[inside], part[inside])
+        else:
+            for part in range(p):
+                inside = flat_masks[image, part, cols]
+                histograms.add(values[inside], channel[inside], 1 + part)
+
+
 @torch.no_grad()
 def collect_activations(
     model: nn.Module,
@@ -232,16 +330,22 @@ def collect_activations(
     landmark_names: Sequence[str] = (),
     part_names: Sequence[str] = (),
 ) -> ActivationStats:
-    """One streaming pass: per-map maxima and peaks, quantile sketches, peak-in-part counts.
+    """One streaming pass for every explainability number that needs the whole dataset.
 
-    Memory is O(N C) numbers plus O(C bins); maps are reduced batch by batch and dropped.
+    Per image and channel: the maximum and the peak cell (O(N C) numbers). Per channel: a
+    histogram of the raw activations (the Network Dissection quantile threshold) and, when batches
+    carry part masks, histograms of the bilinearly upsampled maps over all pixels and inside each
+    part (O(C P bins) counts); at the end they give the IoU tallies at the quantile threshold
+    without a second pass (values in the threshold's own bin are split evenly, see
+    ``ChannelHistograms``; ``part_iou`` is the exact two-pass version). Also counted: how often each
+    channel's peak falls inside each part. No activation map outlives its batch.
 
     Args:
         model: returns ``(embeddings, activations)`` or a ``FaceOutput``.
         loader: yields dicts with "image" (B, 3, S, S), and optionally "landmarks" (B, K, 2) and
             "masks" bool (B, P, S, S).
         device: default the model's device. quantile: q of the part-IoU threshold.
-        bins: histogram bins of the quantile sketch. amp: float16 autocast on CUDA.
+        bins: histogram bins per channel. amp: float16 autocast on CUDA.
         landmark_names, part_names: carried into the result.
 
     Returns:
@@ -251,10 +355,13 @@ def collect_activations(
     was_training = model.training
     model.to(device).eval()
     maxima, cells, landmarks = [], [], []
-    sketch: QuantileSketch | None = None
-    part_hits = None
+    histograms: ChannelHistograms | None = None
+    part_hits = part_area = None
     map_size = image_size = None
     total = len(loader) if hasattr(loader, "__len__") else None
+    dataset = getattr(loader, "dataset", None)
+    num_images = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    rank = None
     try:
         for batch in progress_bar(loader, progress, "activations", total):
             images = batch_images(batch).to(device, non_blocking=True)
@@ -262,33 +369,52 @@ def collect_activations(
                 activations = _activations(model, images)
             b, c, h, w = activations.shape
             map_size, image_size = (h, w), tuple(images.shape[-2:])
-            if sketch is None:
-                sketch = QuantileSketch(c, bins=bins, device=device)
-            sketch.update(activations.transpose(0, 1).reshape(c, -1))
+            masks = batch["masks"].to(device).bool() if isinstance(batch, dict) and "masks" in batch else None
+            if histograms is None:
+                groups = 1 if masks is None else masks.shape[1] + 2
+                histograms = ChannelHistograms(c, groups=groups, bins=bins, device=device)
+                if num_images is not None:
+                    # The final (1 - q) quantile has at most about q N H W values above it, so the
+                    # value with this many values at or above it can only be lower.
+                    rank = math.ceil(quantile * num_images * h * w) + 2
             values, peaks = peak_cells(activations)
+            histograms.update(activations.transpose(0, 1).reshape(c, -1))
             maxima.append(values.cpu().numpy())
             cells.append(peaks.cpu().numpy().astype(np.int16))
             if isinstance(batch, dict) and "landmarks" in batch:
                 landmarks.append(np.asarray(batch["landmarks"], dtype=np.float32))
-            if isinstance(batch, dict) and "masks" in batch:
-                masks = batch["masks"].to(device).bool()
-                hits = peak_in_masks(peaks, map_size, masks) & (values > 0)[..., None]
-                part_hits = hits.sum(0).cpu() if part_hits is None else part_hits + hits.sum(0).cpu()
+            if masks is not None:
+                if histograms.groups != masks.shape[1] + 2:
+                    raise ValueError("every batch must carry the same number of part masks")
+                # Values at or below a lower bound of the final threshold can never count: skip
+                # them (after the first q of the data, most maps) to keep the pass cheap.
+                floor = histograms.lower_bound(rank) if rank is not None else torch.zeros_like(histograms.hi)
+                _upsampled_histograms(histograms, activations, values, masks, floor)
+                hits = (peak_in_masks(peaks, map_size, masks) & (values > 0)[..., None]).sum(0)
+                area = masks.sum((0, 2, 3))
+                part_hits = hits if part_hits is None else part_hits + hits
+                part_area = area if part_area is None else part_area + area
     finally:
         model.train(was_training)
-    if sketch is None:
+    if histograms is None:
         raise ValueError("the loader yielded no batches")
+    thresholds = histograms.quantile(1.0 - quantile)
+    tallies = None
+    if part_area is not None:
+        above = histograms.count_above(thresholds).cpu().numpy()
+        tallies = (above[:, 1:-1], above[:, -1], part_area.cpu().double().numpy())
     return ActivationStats(
         max_activation=np.concatenate(maxima),
         peak_cells=np.concatenate(cells),
         map_size=map_size,
         image_size=image_size,
         landmarks=np.concatenate(landmarks) if landmarks else None,
-        thresholds=sketch.quantile(1.0 - quantile).cpu().numpy(),
+        thresholds=thresholds.cpu().numpy(),
         quantile=quantile,
         landmark_names=tuple(landmark_names),
         part_names=tuple(part_names),
-        part_hits=None if part_hits is None else part_hits.numpy().astype(np.int64),
+        part_hits=None if part_hits is None else part_hits.cpu().numpy().astype(np.int64),
+        iou_tallies=tallies,
     )
 
 
@@ -497,6 +623,13 @@ def part_iou_from_tallies(
     )
 
 
+def part_iou_from_stats(stats: ActivationStats, iou_threshold: float = 0.04) -> PartIoUResult:
+    """Part IoU from the single pass of ``collect_activations`` (its histogram tallies)."""
+    if stats.iou_tallies is None:
+        raise ValueError("these activation stats hold no part masks: collect them on a dataset with 'masks'")
+    return part_iou_from_tallies(*stats.iou_tallies, part_names=stats.part_names, iou_threshold=iou_threshold)
+
+
 @torch.no_grad()
 def part_iou(
     model: nn.Module,
@@ -508,7 +641,10 @@ def part_iou(
     amp: bool = True,
     progress: bool = True,
 ) -> PartIoUResult:
-    """Network Dissection part IoU over a dataset, as a streaming pass of running tallies.
+    """Network Dissection part IoU over a dataset, exactly, as a second streaming pass.
+
+    ``collect_activations`` already gives these numbers in its one pass (``part_iou_from_stats``),
+    up to the histogram approximation; this pass counts the binarised pixels themselves.
 
     Args:
         model: as ``collect_activations``. loader: yields dicts with "image" and "masks" (B, P, S, S).
@@ -710,7 +846,7 @@ def part_coverage(assigned: np.ndarray, part_names: Sequence[str]) -> dict[str, 
     Returns:
         ``{"channels_per_part": {name: count}, "num_assigned", "entropy_bits",
         "normalised_entropy"}``: the Shannon entropy of the channel counts over the P parts, and it
-        divided by log2(P) (1 = evenly spread, 0 = all on one part; NaN with no assigned channel).
+        divided by log2(P) (1 = evenly spread, 0 = all on one part; None with no assigned channel).
     """
     assigned = np.asarray(assigned)
     counts = np.array([(assigned == p).sum() for p in range(len(part_names))], dtype=np.float64)
@@ -724,8 +860,8 @@ def part_coverage(assigned: np.ndarray, part_names: Sequence[str]) -> dict[str, 
     return {
         "channels_per_part": {name: int(n) for name, n in zip(part_names, counts)},
         "num_assigned": int(total),
-        "entropy_bits": entropy,
-        "normalised_entropy": entropy / normaliser if total > 0 else float("nan"),
+        "entropy_bits": _float(entropy),
+        "normalised_entropy": _float(entropy / normaliser) if total > 0 else None,
     }
 
 
@@ -875,8 +1011,12 @@ def explainability_metrics(
     device: str | torch.device | None = None,
     progress: bool = True,
     per_channel: bool = False,
+    exact_iou: bool = False,
 ) -> dict[str, Any]:
     """Every explainability number of one dataset, as a plain dict.
+
+    One pass over the dataset (``collect_activations``) plus translation tracking on a subset;
+    ``exact_iou`` adds the exact second pass for part IoU (``part_iou``).
 
     Location instability needs landmarks; part IoU, peak hit rate and part coverage need part
     masks ("masks", or 68 landmarks from which ``LandmarkPartMasks`` draws them); without masks,
@@ -903,13 +1043,27 @@ def explainability_metrics(
         "fire_rate": float(stats.fired.mean()),
     }
     if stats.landmarks is not None and stats.landmarks.shape[1] > 0:
-        out["location_instability"] = location_instability(
-            stats.peak_xy, stats.max_activation, stats.landmarks, stats.image_size, top_m=top_m
-        ).to_dict(per_channel)
+        landmarks = stats.landmarks
+        if landmarks.shape[1] == 68:
+            # Instability on the 5 standard points (eye centres, nose tip, mouth corners), so that
+            # numbers compare across 5- and 68-point datasets; the 68 points draw the masks.
+            from ecl.data import five_from_68
+
+            landmarks = five_from_68(landmarks)
+        out["location_instability"] = {
+            **location_instability(
+                stats.peak_xy, stats.max_activation, landmarks, stats.image_size, top_m=top_m
+            ).to_dict(per_channel),
+            "num_landmarks": int(landmarks.shape[1]),
+        }
     if masks_from is not None:
-        iou = part_iou(
-            model, loader, stats.thresholds, part_names, device=device, iou_threshold=iou_threshold, progress=progress
-        )
+        if exact_iou:
+            iou = part_iou(
+                model, loader, stats.thresholds, part_names, device=device, iou_threshold=iou_threshold,
+                progress=progress,
+            )  # fmt: skip
+        else:
+            iou = part_iou_from_stats(stats, iou_threshold)
         out["part_iou"] = {**iou.to_dict(per_channel), "masks": masks_from}
         out["peak_hit_rate"] = peak_hit_rate(stats, iou.assigned).to_dict(per_channel)
         out["part_coverage"] = part_coverage(iou.assigned, part_names)
@@ -978,7 +1132,7 @@ __all__ = [
     "InstabilityResult",
     "LandmarkPartMasks",
     "PartIoUResult",
-    "QuantileSketch",
+    "ChannelHistograms",
     "TrackingResult",
     "cells_to_pixels",
     "collect_activations",
@@ -990,6 +1144,7 @@ __all__ = [
     "location_instability",
     "part_coverage",
     "part_iou",
+    "part_iou_from_stats",
     "part_iou_from_tallies",
     "peak_cells",
     "peak_hit_rate",

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import pickle
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from ecl.evaluate import (
-    BinPairs,
     balanced_folds,
     evaluate_pairs,
     extract_embeddings,
@@ -112,6 +108,17 @@ def test_balanced_folds_reproduce_the_blocks_of_pairs_txt():
     np.testing.assert_array_equal(balanced_folds(is_same, 10), np.repeat(np.arange(10), 600))
 
 
+def test_balanced_folds_cut_each_kind_like_kfold():
+    # 10 same pairs then 7 different ones into 4 folds: chunk sizes 3,3,2,2 and 2,2,2,1.
+    is_same = np.r_[np.ones(10, bool), np.zeros(7, bool)]
+    np.testing.assert_array_equal(
+        balanced_folds(is_same, 4), [0, 0, 0, 1, 1, 1, 2, 2, 3, 3] + [0, 0, 1, 1, 2, 2, 3]
+    )
+    data = pytest.importorskip("ecl.data")
+    if hasattr(data, "balanced_folds"):
+        np.testing.assert_array_equal(balanced_folds(is_same, 4), data.balanced_folds(is_same, 4))
+
+
 def test_explicit_fold_ids_are_kept():
     a, b = embeddings_at_distances(np.array(SAME + DIFF))
     is_same = np.array([True] * 4 + [False] * 4)
@@ -203,33 +210,3 @@ def test_evaluate_pairs_on_a_pair_list():
     result = evaluate_pairs(MeanColour(), dataset, pairs, flip=True, batch_size=7, progress=False)
     assert result.num_pairs == 20
     assert result.accuracy > 0.8
-
-
-def write_pack(path, images, issame):
-    from PIL import Image
-
-    bins = []
-    for array in images:
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG")
-        bins.append(buffer.getvalue())
-    with open(path, "wb") as f:
-        pickle.dump((bins, list(issame)), f)
-
-
-def test_bin_pack_is_read_and_code_in_it_refused(tmp_path):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, size=(4, 16, 16, 3), dtype=np.uint8)
-    write_pack(tmp_path / "tiny.bin", images, [True, False])
-    pack = BinPairs(tmp_path / "tiny.bin", image_size=16)
-    assert len(pack) == 4
-    item = pack[1]
-    assert item["image"].shape == (3, 16, 16)
-    np.testing.assert_allclose(item["image"].permute(1, 2, 0).numpy(), images[1] / 255.0, atol=1e-6)
-    np.testing.assert_array_equal(pack.pairs.index_a, [0, 2])
-    np.testing.assert_array_equal(pack.pairs.is_same, [True, False])
-
-    with open(tmp_path / "evil.bin", "wb") as f:
-        pickle.dump((np.zeros(2), [True]), f)
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        BinPairs(tmp_path / "evil.bin")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecl.explain import (
-    QuantileSketch,
+    ChannelHistograms,
     cells_to_pixels,
     collect_activations,
     explainability_metrics,
@@ -23,6 +23,7 @@ from ecl.explain import (
     location_instability,
     part_coverage,
     part_iou,
+    part_iou_from_stats,
     part_iou_from_tallies,
     peak_hit_rate,
     shift_images,
@@ -52,6 +53,15 @@ class PixelDetector(nn.Module):
 
     def forward(self, images):
         return images.flatten(1)[:, :4], images.mean(1, keepdim=True)
+
+
+class BlobSmoother(nn.Module):
+    """A smooth part detector: the pooled brightness blurred over neighbouring cells."""
+
+    def forward(self, images):
+        blob = F.avg_pool2d(images.mean(1, keepdim=True), CELL)
+        blob = F.conv2d(blob, torch.tensor([[[[0.2, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 0.2]]]]), padding=1)
+        return images.flatten(1)[:, :4], blob
 
 
 class SquareFaces(torch.utils.data.Dataset):
@@ -111,7 +121,7 @@ def test_collect_activations_keeps_peaks_maxima_and_landmarks():
 
 def test_quantile_sketch_matches_the_exact_quantile_while_its_range_grows():
     rng = np.random.default_rng(0)
-    sketch = QuantileSketch(3, bins=2048)
+    sketch = ChannelHistograms(3, bins=2048)
     chunks = []
     for scale in [0.01, 0.1, 1.0, 1.0, 1.0]:  # the range doubles several times on the way
         values = rng.exponential(scale, size=(3, 4000)) * (rng.random((3, 4000)) < 0.5)  # half exact zeros
@@ -228,6 +238,38 @@ def test_streaming_part_iou_with_dataset_quantile_thresholds():
     assert coverage["channels_per_part"] == {"square": 1, "corner": 0}
 
 
+def test_one_pass_iou_tallies_match_the_exact_second_pass():
+    dataset = SquareFaces(40)
+    for model in (PixelDetector(), BlobSmoother()):
+        stats = collect_activations(model, loader_of(dataset), progress=False)
+        exact = part_iou(model, loader_of(dataset), stats.thresholds, dataset.part_names, progress=False)
+        one_pass = part_iou_from_stats(stats)
+        # Only pixels in the threshold's own bin are estimated: here at most one square's worth.
+        np.testing.assert_allclose(one_pass.iou, exact.iou, atol=0.03)
+        np.testing.assert_array_equal(one_pass.assigned, exact.assigned)
+
+
+def test_overlapping_masks_are_tallied_part_by_part():
+    dataset = SquareFaces(12)
+
+    class Overlapping(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, index):
+            item = dict(dataset[index])
+            item["masks"] = torch.cat([item["masks"], item["masks"][:1] | item["masks"][1:]])  # overlaps both
+            return item
+
+    stats = collect_activations(PixelDetector(), loader_of(Overlapping()), progress=False)
+    exact = part_iou(PixelDetector(), loader_of(Overlapping()), stats.thresholds, ["a", "b", "c"], progress=False)
+    intersection, map_area, part_area = stats.iou_tallies
+    np.testing.assert_allclose(intersection[0, 2], intersection[0, 0] + intersection[0, 1], atol=1e-6)
+    np.testing.assert_allclose(part_area, [16 * 12, 16 * 12, 32 * 12])
+    one_pass = part_iou_from_tallies(intersection, map_area, part_area, ["a", "b", "c"])
+    np.testing.assert_allclose(one_pass.iou, exact.iou, atol=0.05)
+
+
 def test_a_one_cell_peak_falls_below_the_raw_quantile_once_upsampled():
     # Network Dissection thresholds upsampled maps at the quantile of the *raw* maps: a map that is a
     # single lit cell loses 1 - 0.875^2 of its peak to bilinear upsampling and drops below it.
@@ -245,7 +287,7 @@ def test_random_maps_have_low_iou():
     masks = torch.zeros(50, 2, S, S, dtype=torch.bool)
     masks[:, 0, 8:16, 8:16] = True
     masks[:, 1, 20:28, 4:20] = True
-    sketch = QuantileSketch(4)
+    sketch = ChannelHistograms(4)
     sketch.update(activations.transpose(0, 1).reshape(4, -1))
     result = part_iou_from_tallies(*iou_tallies(activations, masks, sketch.quantile(0.995)), part_names=["a", "b"])
     assert result.best_iou.max() < 0.04
