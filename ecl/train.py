@@ -1063,10 +1063,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set loss.lambda=0.5 (repeatable; the value is parsed as YAML)",
+        help="override config keys, e.g. --set loss.lambda=0.5 optim.lr=1e-3 (repeatable; values are parsed as YAML)",
     )
     parser.add_argument("--out", metavar="DIR", default=None, help="run folder (default: run.out_dir, else runs/<name>-<config hash>)")
     parser.add_argument(
