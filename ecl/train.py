@@ -88,6 +88,7 @@ __all__ = [
     "training_objective",
     "build_train_dataset",
     "build_model",
+    "resolve_data_root",
     "add_subparser",
     "main",
 ]
@@ -249,17 +250,30 @@ def build_train_dataset(cfg: ExperimentConfig):
         kwargs.setdefault("num_identities", data.num_identities)
         kwargs.setdefault("images_per_identity", data.images_per_identity)
         kwargs.setdefault("seed", data.seed)
-    root = None
-    if data.root is not None:
-        root = os.path.expandvars(os.path.expanduser(data.root))
-        if not Path(root).exists():
-            raise FileNotFoundError(
-                f"data.root {root} does not exist; point it at the {data.name} folder with "
-                f"--set data.root=/path/to/{data.name}"
-            )
+    root = resolve_data_root(data.root) if data.root is not None else None
     jitter = {"max_shift": data.jitter, "seed": data.seed} if data.jitter > 0 else None
     dataset = ecl.data.build_dataset(data.name, root, split=data.split, image_size=data.image_size, jitter=jitter, **kwargs)
     return dataset
+
+
+def resolve_data_root(root: str) -> Path:
+    """``data.root`` as a path: ``~`` and ``$VARS`` expanded; a relative path is looked up in the
+    current folder first, then in the repository root (so ``../shared/data/lfw`` in a preset works
+    from the repository and from ``book/``).
+
+    Raises:
+        FileNotFoundError: neither exists (the message says how to set the root).
+    """
+    path = Path(os.path.expandvars(os.path.expanduser(root)))
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, Path(__file__).resolve().parents[1] / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    tried = " or ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"data.root {root!r} does not exist (looked for {tried}); point it at the dataset folder with "
+        "--set data.root=/path/to/dataset"
+    )
 
 
 def _collate(items: list[dict]) -> tuple[Tensor, Tensor]:
@@ -594,13 +608,11 @@ def load_checkpoint(
     stored = _read_config(ckpt / "config.yaml")
     if config is not None:
         _check_same_experiment(stored, config, ckpt)
-    tensors = load_file(str(ckpt / "model.safetensors"), device=str(map_location))
-    model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    head_sd = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
-    num_classes = meta.get("num_classes") or head_sd["weight"].shape[0]
-    model, head = build_model(stored, num_classes)
-    _load_state(model, model_sd, ckpt, "model")
-    _load_state(head, head_sd, ckpt, "head")
+    num_classes = meta.get("num_classes")
+    if num_classes is None:
+        num_classes = load_file(str(ckpt / "model.safetensors"))["head.weight"].shape[0]
+    model, head = build_model(stored, int(num_classes))
+    _load_weights(ckpt, model, head)
     model.to(map_location).eval()
     head.to(map_location).eval()
     return {"model": model, "head": head, "config": stored, "meta": meta, "path": ckpt}
@@ -639,6 +651,15 @@ def _check_same_experiment(stored: ExperimentConfig, claimed: ExperimentConfig, 
             f"checkpoint {where} was trained with a different config ({lines}); "
             "use the checkpoint's own config.yaml, or train the new config in another run folder"
         )
+
+
+def _load_weights(ckpt: Path, model: nn.Module, head: nn.Module) -> None:
+    """Copy a checkpoint's weights into existing modules (they keep their device and memory format)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    _load_state(model, {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, ckpt, "model")
+    _load_state(head, {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}, ckpt, "head")
 
 
 def _load_state(module: nn.Module, state: dict[str, Tensor], where: Path, what: str) -> None:
@@ -761,9 +782,7 @@ def _fit(cfg, out_dir, callbacks, max_steps, resume, dist_info: _Dist, t_start: 
     if ckpt is not None:
         stored = _read_config(ckpt / "config.yaml")
         _check_same_experiment(stored, cfg, ckpt)
-        loaded = load_checkpoint(ckpt, map_location=device)
-        model.load_state_dict(loaded["model"].state_dict())
-        head.load_state_dict(loaded["head"].state_dict())
+        _load_weights(ckpt, model, head)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
