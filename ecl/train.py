@@ -606,6 +606,13 @@ def load_checkpoint(
         )
     meta = json.loads((ckpt / "meta.json").read_text()) if (ckpt / "meta.json").is_file() else {}
     stored = _read_config(ckpt / "config.yaml")
+    claimed_hash = meta.get("config_hash")
+    if claimed_hash is not None and claimed_hash != config_hash(stored):
+        raise ValueError(
+            f"checkpoint {ckpt}: config.yaml does not match the config the weights were trained with "
+            f"(hash {config_hash(stored)} vs {claimed_hash} in meta.json); it was edited after training. "
+            "Restore it, or use the run folder's config.yaml"
+        )
     if config is not None:
         _check_same_experiment(stored, config, ckpt)
     num_classes = meta.get("num_classes")

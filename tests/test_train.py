@@ -246,3 +246,58 @@ def test_cli_is_registered_with_python_m_ecl(capsys):
 def test_quick_preset_builds(repo_root):
     cfg = load_config(repo_root / "configs" / "faceparts-quick.yaml")
     assert cfg.run.name == "faceparts-quick" and cfg.data.name == "faceparts"
+
+
+def test_edited_checkpoint_config_is_detected(uninterrupted, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(find_checkpoint(uninterrupted), copy)
+    text = (copy / "config.yaml").read_text().replace("embedding_dim: 32", "embedding_dim: 16")
+    (copy / "config.yaml").write_text(text)
+    with pytest.raises(ValueError, match="edited after training"):
+        load_run(copy)
+
+
+def test_amp_choice_by_device():
+    from ecl.train import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == (None, False)
+    assert resolve_amp("off", cpu) == (None, False)
+    assert resolve_amp("bf16", cpu) == (torch.bfloat16, False)
+    with pytest.raises(ConfigError, match="fp16 is not supported on the CPU"):
+        resolve_amp("fp16", cpu)
+
+
+@pytest.mark.slow
+def test_sigint_to_the_cli_leaves_a_resumable_checkpoint(tmp_path, repo_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg_path = save_config(tiny_config("optim.max_steps=400"), tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ecl", "train", "--config", str(cfg_path), "--out", str(out)],
+        cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    ckpt = find_checkpoint(out)
+    step = json.loads((ckpt / "meta.json").read_text())["step"]
+    assert 2 <= step < 400
+    # ... and the run continues from there.
+    assert main(["--config", str(cfg_path), "--out", str(out), "--resume", "--max-steps", str(step + 1)]) == 0
+    assert find_checkpoint(out).name == f"step_{step + 1:06d}"
