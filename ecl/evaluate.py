@@ -344,6 +344,8 @@ def evaluate_pairs(
 ) -> VerificationResult:
     """Embed a dataset once and run the verification protocol on a ``PairList`` into it.
 
+    Only the images the pairs reference are embedded.
+
     Args:
         model, flip, device, progress: as ``extract_embeddings``.
         dataset: the images the pairs index.
@@ -351,8 +353,16 @@ def evaluate_pairs(
         folds: "auto" keeps ``pairs.fold`` when the list has one, else 10 balanced folds; an int
             builds that many balanced folds; "given" requires ``pairs.fold``.
     """
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    # Embed only the images the pairs use, once each.
+    used, inverse = np.unique(np.r_[np.asarray(pairs.index_a), np.asarray(pairs.index_b)], return_inverse=True)
+    subset = dataset if len(used) == len(dataset) else torch.utils.data.Subset(dataset, used.tolist())
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
     embeddings = extract_embeddings(model, loader, flip=flip, device=device, progress=progress)
+    if subset is not dataset:
+        embeddings = embeddings[inverse].reshape(2, -1, embeddings.shape[1])
+        embeddings_a, embeddings_b = embeddings[0], embeddings[1]
+    else:
+        embeddings_a, embeddings_b = embeddings[np.asarray(pairs.index_a)], embeddings[np.asarray(pairs.index_b)]
     fold_ids = getattr(pairs, "fold", None)
     if folds == "given" and fold_ids is None:
         raise ValueError("folds='given' but the pair list has no fold ids")
@@ -361,12 +371,7 @@ def evaluate_pairs(
         chosen = np.asarray(fold_ids) if fold_ids is not None and len(np.unique(fold_ids)) > 1 else 10
     else:
         chosen = int(folds)
-    return verification(
-        embeddings[np.asarray(pairs.index_a)],
-        embeddings[np.asarray(pairs.index_b)],
-        np.asarray(pairs.is_same, dtype=bool),
-        folds=chosen,
-    )
+    return verification(embeddings_a, embeddings_b, np.asarray(pairs.is_same, dtype=bool), folds=chosen)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -375,43 +380,65 @@ def evaluate_pairs(
 DATA_SPECS = "faceparts | lfw:ROOT | lfw-view2:ROOT | celeba:ROOT | bin:FILE"
 
 
-def load_evaluation_data(spec: str, image_size: int = 112) -> tuple[Any, Any, Any]:
+def load_evaluation_data(spec: str, image_size: int = 112, max_images: int | None = None) -> tuple[Any, Any, Any]:
     """The data a ``--data`` spec names: ``(pair_dataset, pairs, explain_dataset or None)``.
 
-    - ``faceparts``: the FaceParts test split and its pair list; explainability on the same images
-      (5 landmarks and part masks).
+    - ``faceparts``: the built-in FaceParts test split (100 identities x 10 images, 1,000 pairs in
+      10 folds); explainability on the same images (5 landmarks and part masks). ``max_images``
+      renders a smaller split instead (10 images per identity).
     - ``lfw:ROOT``: LFW View-1 test pairs (``pairsDevTest.txt``); ``lfw-view2:ROOT``: View-2
-      ``pairs.txt``. Explainability on the View-1 test people with 68 landmarks (masks drawn from them).
-    - ``celeba:ROOT``: drawn pairs on the CelebA test identities; explainability with 68 landmarks.
+      ``pairs.txt``. Explainability on the View-1 test people with 68 landmarks (part masks drawn
+      from them, instability on the 5 points derived from them).
+    - ``celeba:ROOT``: pairs drawn on the CelebA test identities; explainability on them (68 points).
     - ``bin:FILE``: an insightface verification pack (no landmarks: translation tracking only).
+
+    With ``max_images``, pair lists keep the first pairs of every fold's same and different halves
+    (about ``max_images / 2`` pairs) and explainability uses the first ``max_images`` images.
     """
     from ecl import data as ecl_data
 
     kind, _, root = spec.partition(":")
     if kind in ("lfw", "lfw-view2", "celeba", "bin") and not root:
-        raise SystemExit(f"--data {kind}:PATH needs a path, e.g. --data {kind}:../shared/data/lfw")
+        raise SystemExit(f"--data {kind}:PATH needs a path, e.g. --data {kind}:../shared/data/{kind}")
     if kind == "faceparts":
-        dataset, pairs = ecl_data.build_pairs("faceparts", None, split="test", image_size=image_size)
+        per = 10
+        identities = 100 if max_images is None else max(2, max_images // per)
+        num_pairs = min(1000, max(20, identities * per // 40 * 20))
+        dataset, pairs = ecl_data.build_pairs(
+            "faceparts", None, split="test", image_size=image_size, num_pairs=num_pairs,
+            num_identities=identities, images_per_identity=per,
+        )  # fmt: skip
         return dataset, pairs, dataset
     if kind in ("lfw", "lfw-view2"):
         view = "test" if kind == "lfw" else "view2"
-        dataset, pairs = ecl_data.build_pairs("lfw", root, view=view, image_size=image_size, on_missing="drop")
+        dataset, pairs = ecl_data.build_pairs(
+            "lfw", root, view=view, image_size=image_size, on_missing="drop",
+            max_pairs=None if max_images is None else max(20, max_images // 2),
+        )  # fmt: skip
         explain_dataset = ecl_data.build_dataset("lfw", root, split="test", image_size=image_size, landmarks="68pt")
         return dataset, pairs, explain_dataset
     if kind == "celeba":
         dataset, pairs = ecl_data.build_pairs("celeba", root, split="test", image_size=image_size, landmarks="68pt")
-        return dataset, pairs, dataset
-    if kind == "bin":
+    elif kind == "bin":
         dataset, pairs = ecl_data.build_pairs("bin", root, image_size=image_size)
-        return dataset, pairs, dataset
-    raise SystemExit(f"unknown --data {spec!r}: use {DATA_SPECS}")
+    else:
+        raise SystemExit(f"unknown --data {spec!r}: use {DATA_SPECS}")
+    if max_images is not None:
+        pairs = subsample_pairs(pairs, max(20, max_images // 2))
+    return dataset, pairs, dataset
 
 
-def restrict_pairs(pairs: Any, max_images: int) -> Any:
-    """The pairs whose two images are both among the first ``max_images``."""
+def subsample_pairs(pairs: Any, max_pairs: int) -> Any:
+    """The first pairs of every fold's same and different halves, about ``max_pairs`` in all."""
     from ecl.data import PairList
 
-    keep = (np.asarray(pairs.index_a) < max_images) & (np.asarray(pairs.index_b) < max_images)
+    folds = np.unique(pairs.fold)
+    per = max(1, max_pairs // (2 * len(folds)))
+    keep = []
+    for fold in folds:
+        for same in (True, False):
+            keep.extend(np.flatnonzero((pairs.fold == fold) & (pairs.is_same == same))[:per].tolist())
+    keep = np.sort(np.array(keep, dtype=np.int64))
     return PairList(pairs.index_a[keep], pairs.index_b[keep], pairs.is_same[keep], pairs.fold[keep])
 
 
@@ -432,11 +459,8 @@ def run(args: argparse.Namespace) -> int:
     model, _config = load_run(args.checkpoint, map_location="cpu")
     model.to(device).eval()
     image_size = int(getattr(model, "image_size", 112))
-    dataset, pairs, explain_dataset = load_evaluation_data(args.data, image_size)
+    dataset, pairs, explain_dataset = load_evaluation_data(args.data, image_size, args.max_images)
     progress = not args.quiet
-    if args.max_images is not None and len(dataset) > args.max_images:
-        pairs = restrict_pairs(pairs, args.max_images)
-        dataset = torch.utils.data.Subset(dataset, range(args.max_images))
     result = evaluate_pairs(
         model, dataset, pairs, flip=not args.no_flip, batch_size=args.batch_size, device=device, progress=progress
     )
@@ -479,7 +503,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help=f"{DATA_SPECS} (bin: an insightface verification pack)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    parser.add_argument(
+        "--max-images", type=int, default=None, help="a quick look: about N/2 pairs (fold-balanced) and N images"
+    )
     parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
     parser.add_argument("--no-explain", action="store_true", help="verification only")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -489,6 +515,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 __all__ = [
+    "DATA_SPECS",
     "FARS",
     "THRESHOLDS",
     "VerificationResult",
@@ -497,7 +524,10 @@ __all__ = [
     "equal_error_rate",
     "evaluate_pairs",
     "extract_embeddings",
+    "load_evaluation_data",
     "pair_distances",
+    "run",
+    "subsample_pairs",
     "tar_at_far",
     "verification",
 ]

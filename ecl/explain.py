@@ -974,7 +974,8 @@ class LandmarkPartMasks(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getattr__(self, name: str):
-        if name == "dataset":
+        # Dunders stay ours: forwarding e.g. Subset.__getitems__ would let DataLoader skip __getitem__.
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -1099,14 +1100,15 @@ def explainability_report(
     Returns:
         ``{"original": {...}, "jittered": {...}}``.
     """
-    if max_images is not None and len(dataset) > max_images:
-        dataset = torch.utils.data.Subset(dataset, range(max_images))
-    report = {"original": explainability_metrics(model, dataset, **kwargs)}
+    copies = {"original": dataset}
     if jitter:
         from ecl.data import jittered
 
-        report["jittered"] = explainability_metrics(model, jittered(dataset, **(jitter_kwargs or {})), **kwargs)
-    return report
+        copies["jittered"] = jittered(dataset, **(jitter_kwargs or {}))
+    if max_images is not None and len(dataset) > max_images:
+        # Subset outermost: a wrapper around a Subset could be bypassed by Subset.__getitems__.
+        copies = {name: torch.utils.data.Subset(data, range(max_images)) for name, data in copies.items()}
+    return {name: explainability_metrics(model, data, **kwargs) for name, data in copies.items()}
 
 
 # --------------------------------------------------------------------------- helpers

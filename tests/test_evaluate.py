@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -210,3 +212,48 @@ def test_evaluate_pairs_on_a_pair_list():
     result = evaluate_pairs(MeanColour(), dataset, pairs, flip=True, batch_size=7, progress=False)
     assert result.num_pairs == 20
     assert result.accuracy > 0.8
+
+
+class TinyFaceNet(nn.Module):
+    """A stand-in trained model: 8-channel 14 x 14 maps (stride 8) and their pooled embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, kernel_size=8, stride=8)
+        self.image_size = 112
+
+    def forward(self, images):
+        activations = torch.relu(self.conv(images))
+        return activations.mean((2, 3)), activations
+
+
+def test_evaluate_command_prints_one_json_object(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("ecl.data")
+    train = pytest.importorskip("ecl.train")
+    monkeypatch.setattr(train, "load_run", lambda path, map_location="cpu": (TinyFaceNet(), None))
+    from ecl.cli import main
+
+    out = tmp_path / "result.json"
+    argv = ["evaluate", "--checkpoint", "run", "--data", "faceparts", "--max-images", "20", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["verification"]["num_pairs"] == 20
+    assert 0.0 <= printed["verification"]["accuracy"] <= 1.0
+    for copy in ("original", "jittered"):
+        numbers = printed["explainability"][copy]
+        assert numbers["num_images"] == 20 and numbers["num_channels"] == 8
+        assert {"location_instability", "part_iou", "peak_hit_rate", "translation_tracking", "part_coverage"} <= set(numbers)
+
+
+def test_subsample_pairs_keeps_every_fold_balanced():
+    data = pytest.importorskip("ecl.data")
+    from ecl.evaluate import subsample_pairs
+
+    is_same = np.tile(np.r_[np.ones(30, bool), np.zeros(30, bool)], 10)
+    pairs = data.PairList(np.arange(600), np.arange(600) + 600, is_same, np.repeat(np.arange(10), 60))
+    small = subsample_pairs(pairs, 100)
+    assert len(small) == 100
+    for fold in range(10):
+        assert small.is_same[small.fold == fold].sum() == 5 and (~small.is_same[small.fold == fold]).sum() == 5

@@ -376,6 +376,9 @@ def test_landmark_part_masks_wrapper_adds_masks():
     wrapped = LandmarkPartMasks(Faces())
     assert wrapped.landmark_names == Faces.landmark_names
     assert wrapped[0]["masks"].shape == (6, 112, 112)
+    # Through a DataLoader too, also around a Subset (whose __getitems__ must not be forwarded).
+    batch = next(iter(torch.utils.data.DataLoader(LandmarkPartMasks(torch.utils.data.Subset(Faces(), [0, 1])), 2)))
+    assert batch["masks"].shape == (2, 6, 112, 112)
 
 
 def test_part_coverage_counts_and_entropy():
@@ -407,6 +410,14 @@ def test_explainability_report_on_jittered_images():
     data = pytest.importorskip("ecl.data")
     if not hasattr(data, "jittered"):
         pytest.skip("ecl.data.jittered is not available yet")
-    report = explainability_report(BlobDetector(), SquareFaces(16), batch_size=8, tracking_images=4, progress=False)
+    report = explainability_report(
+        BlobDetector(), SquareFaces(16), batch_size=8, tracking_images=4, max_images=12, progress=False,
+        per_channel=True,
+    )  # fmt: skip
     assert set(report) == {"original", "jittered"}
-    assert report["jittered"]["num_images"] == 16
+    assert report["jittered"]["num_images"] == 12
+    # The jittered copy really moved the faces: the position detector's distances to them changed.
+    original = report["original"]["location_instability"]["per_channel"]
+    moved = report["jittered"]["location_instability"]["per_channel"]
+    assert original[0] == pytest.approx(0.0, abs=1e-9)
+    assert moved[1] != pytest.approx(original[1], rel=0.05)
