@@ -1043,7 +1043,9 @@ def explainability_metrics(
         "image_size": list(stats.image_size),
         "fire_rate": float(stats.fired.mean()),
     }
-    if stats.landmarks is not None and stats.landmarks.shape[1] > 0:
+    # Datasets without landmarks give none or all-NaN ones (insightface packs): no instability then.
+    has_landmarks = stats.landmarks is not None and bool(np.isfinite(stats.landmarks).any())
+    if has_landmarks:
         landmarks = stats.landmarks
         if landmarks.shape[1] == 68:
             # Instability on the 5 standard points (eye centres, nose tip, mouth corners), so that
@@ -1068,7 +1070,7 @@ def explainability_metrics(
         out["part_iou"] = {**iou.to_dict(per_channel), "masks": masks_from}
         out["peak_hit_rate"] = peak_hit_rate(stats, iou.assigned).to_dict(per_channel)
         out["part_coverage"] = part_coverage(iou.assigned, part_names)
-    elif stats.landmarks is not None and stats.landmarks.shape[1] > 0:
+    elif has_landmarks:
         names = landmark_names or tuple(f"landmark_{k}" for k in range(stats.landmarks.shape[1]))
         out["part_coverage"] = {**part_coverage(landmark_assignment(stats, top_m), names), "by": "nearest landmark"}
     count = min(tracking_images, len(dataset))

@@ -257,3 +257,42 @@ def test_subsample_pairs_keeps_every_fold_balanced():
     assert len(small) == 100
     for fold in range(10):
         assert small.is_same[small.fold == fold].sum() == 5 and (~small.is_same[small.fold == fold]).sum() == 5
+
+
+@pytest.mark.parametrize("spec, folds_from_file", [("lfw", False), ("lfw-view2", True)])
+def test_real_lfw_pair_lists_run_with_their_folds(shared_data, spec, folds_from_file):
+    from ecl.evaluate import load_evaluation_data
+
+    dataset, pairs, _ = load_evaluation_data(f"{spec}:{shared_data / 'lfw'}", max_images=40)
+    assert len(pairs) == 20 and len(np.unique(pairs.fold)) == 10
+    # Every fold keeps one same and one different pair: View 2 by its own blocks, View 1 (all
+    # same pairs, then all different ones) by balancing.
+    for fold in range(10):
+        assert sorted(pairs.is_same[pairs.fold == fold]) == [False, True]
+    result = evaluate_pairs(TinyFaceNet(), dataset, pairs, batch_size=20, progress=False)
+    assert result.num_pairs == 20 and len(result.fold_accuracies) == 10
+
+
+def test_insightface_bin_pack_runs_through_the_evaluation(tmp_path):
+    pytest.importorskip("ecl.data")
+    import io
+    import pickle
+
+    from PIL import Image
+
+    from ecl.evaluate import load_evaluation_data
+    from ecl.explain import explainability_metrics
+
+    rng = np.random.default_rng(0)
+    bins = []
+    for _ in range(40):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, size=(112, 112, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        bins.append(buffer.getvalue())
+    with open(tmp_path / "tiny.bin", "wb") as f:
+        pickle.dump((bins, [True, False] * 10), f)
+    dataset, pairs, explain_dataset = load_evaluation_data(f"bin:{tmp_path / 'tiny.bin'}")
+    result = evaluate_pairs(TinyFaceNet(), dataset, pairs, batch_size=20, progress=False)
+    assert result.num_pairs == 20 and len(result.fold_accuracies) == 10
+    numbers = explainability_metrics(TinyFaceNet(), explain_dataset, batch_size=20, tracking_images=4, progress=False)
+    assert "translation_tracking" in numbers and "location_instability" not in numbers
