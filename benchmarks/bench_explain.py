@@ -33,7 +33,13 @@ def peak_rss_mb() -> float:
 
 
 def measure(
-    images: int, batch_size: int, device: str, exact: bool, tracking_images: int, backbone: str, image_size: int
+    images: int,
+    batch_size: int,
+    device: str,
+    exact: bool,
+    tracking_images: int,
+    backbone: str,
+    image_size: int,
 ) -> dict:
     import numpy as np
     import torch
@@ -99,7 +105,9 @@ def measure(
     if exact:
         one_pass = part_iou_from_stats(stats)
         start = time.perf_counter()
-        reference = part_iou(model, loader, stats.thresholds, dataset.part_names, device=device, progress=False)
+        reference = part_iou(
+            model, loader, stats.thresholds, dataset.part_names, device=device, progress=False
+        )
         out["exact_iou_pass_s"] = round(time.perf_counter() - start, 2)
         out["iou_max_abs_diff"] = float(np.abs(one_pass.iou - reference.iou).max())
         out["detectors_one_pass_vs_exact"] = [one_pass.num_detectors, reference.num_detectors]
@@ -107,8 +115,12 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=10_000, help="the larger size; the smaller is a quarter of it")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--images", type=int, default=10_000, help="the larger size; the smaller is a quarter of it"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--backbone", default="resnet18")
@@ -121,9 +133,19 @@ def main() -> None:
     if args.quick:
         args.batch_size, args.tracking_images, args.exact, args.image_size = 8, 0, True, 64
     if args.child is not None:
-        print(json.dumps(measure(
-            args.child, args.batch_size, args.device, args.exact, args.tracking_images, args.backbone, args.image_size
-        )))
+        print(
+            json.dumps(
+                measure(
+                    args.child,
+                    args.batch_size,
+                    args.device,
+                    args.exact,
+                    args.tracking_images,
+                    args.backbone,
+                    args.image_size,
+                )
+            )
+        )
         return
     sizes = [max(args.images // 4, 1), args.images] if not args.quick else [8, 16]
     print(
@@ -133,9 +155,17 @@ def main() -> None:
     results = []
     for size in sizes:
         if args.quick:  # in this process: a smoke run, its memory readings mean little
-            results.append(measure(
-                size, args.batch_size, args.device, args.exact, args.tracking_images, args.backbone, args.image_size
-            ))
+            results.append(
+                measure(
+                    size,
+                    args.batch_size,
+                    args.device,
+                    args.exact,
+                    args.tracking_images,
+                    args.backbone,
+                    args.image_size,
+                )
+            )
             print(json.dumps(results[-1]))
             continue
         command = [sys.executable, __file__, "--child", str(size), "--batch-size", str(args.batch_size),

@@ -354,7 +354,9 @@ def evaluate_pairs(
             builds that many balanced folds; "given" requires ``pairs.fold``.
     """
     # Embed only the images the pairs use, once each.
-    used, inverse = np.unique(np.r_[np.asarray(pairs.index_a), np.asarray(pairs.index_b)], return_inverse=True)
+    used, inverse = np.unique(
+        np.r_[np.asarray(pairs.index_a), np.asarray(pairs.index_b)], return_inverse=True
+    )
     subset = dataset if len(used) == len(dataset) else torch.utils.data.Subset(dataset, used.tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
     embeddings = extract_embeddings(model, loader, flip=flip, device=device, progress=progress)
@@ -362,7 +364,10 @@ def evaluate_pairs(
         embeddings = embeddings[inverse].reshape(2, -1, embeddings.shape[1])
         embeddings_a, embeddings_b = embeddings[0], embeddings[1]
     else:
-        embeddings_a, embeddings_b = embeddings[np.asarray(pairs.index_a)], embeddings[np.asarray(pairs.index_b)]
+        embeddings_a, embeddings_b = (
+            embeddings[np.asarray(pairs.index_a)],
+            embeddings[np.asarray(pairs.index_b)],
+        )
     fold_ids = getattr(pairs, "fold", None)
     if folds == "given" and fold_ids is None:
         raise ValueError("folds='given' but the pair list has no fold ids")
@@ -380,7 +385,9 @@ def evaluate_pairs(
 DATA_SPECS = "faceparts | lfw:ROOT | lfw-view2:ROOT | celeba:ROOT | bin:FILE"
 
 
-def load_evaluation_data(spec: str, image_size: int = 112, max_images: int | None = None) -> tuple[Any, Any, Any]:
+def load_evaluation_data(
+    spec: str, image_size: int = 112, max_images: int | None = None
+) -> tuple[Any, Any, Any]:
     """The data a ``--data`` spec names: ``(pair_dataset, pairs, explain_dataset or None)``.
 
     - ``faceparts``: the built-in FaceParts test split (100 identities x 10 images, 1,000 pairs in
@@ -415,10 +422,14 @@ def load_evaluation_data(spec: str, image_size: int = 112, max_images: int | Non
             "lfw", root, view=view, image_size=image_size, on_missing="drop",
             max_pairs=None if max_images is None else max(20, max_images // 2),
         )  # fmt: skip
-        explain_dataset = ecl_data.build_dataset("lfw", root, split="test", image_size=image_size, landmarks="68pt")
+        explain_dataset = ecl_data.build_dataset(
+            "lfw", root, split="test", image_size=image_size, landmarks="68pt"
+        )
         return dataset, pairs, explain_dataset
     if kind == "celeba":
-        dataset, pairs = ecl_data.build_pairs("celeba", root, split="test", image_size=image_size, landmarks="68pt")
+        dataset, pairs = ecl_data.build_pairs(
+            "celeba", root, split="test", image_size=image_size, landmarks="68pt"
+        )
     elif kind == "bin":
         dataset, pairs = ecl_data.build_pairs("bin", root, image_size=image_size)
     else:
@@ -455,14 +466,24 @@ def run(args: argparse.Namespace) -> int:
     from ecl import explain
     from ecl.train import load_run
 
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(args.device)
+        if args.device
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     model, _config = load_run(args.checkpoint, map_location="cpu")
     model.to(device).eval()
     image_size = int(getattr(model, "image_size", 112))
     dataset, pairs, explain_dataset = load_evaluation_data(args.data, image_size, args.max_images)
     progress = not args.quiet
     result = evaluate_pairs(
-        model, dataset, pairs, flip=not args.no_flip, batch_size=args.batch_size, device=device, progress=progress
+        model,
+        dataset,
+        pairs,
+        flip=not args.no_flip,
+        batch_size=args.batch_size,
+        device=device,
+        progress=progress,
     )
     output: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
@@ -496,7 +517,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
             "tracking, part coverage) on original and jittered images. Prints one JSON object."
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint written by `ecl train`")
+    parser.add_argument(
+        "--checkpoint", required=True, help="run directory or checkpoint written by `ecl train`"
+    )
     parser.add_argument(
         "--data",
         default="faceparts",
@@ -504,7 +527,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
-        "--max-images", type=int, default=None, help="a quick look: about N/2 pairs (fold-balanced) and N images"
+        "--max-images",
+        type=int,
+        default=None,
+        help="a quick look: about N/2 pairs (fold-balanced) and N images",
     )
     parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
     parser.add_argument("--no-explain", action="store_true", help="verification only")

@@ -113,7 +113,9 @@ class ChannelHistograms:
         device: where the counts live (the activations' device avoids copies).
     """
 
-    def __init__(self, num_channels: int, groups: int = 1, bins: int = 2048, device: str | torch.device = "cpu"):
+    def __init__(
+        self, num_channels: int, groups: int = 1, bins: int = 2048, device: str | torch.device = "cpu"
+    ):
         if bins < 2 or bins & (bins - 1):
             raise ValueError(f"bins must be a power of two >= 2; got {bins}")
         self.bins, self.groups, self.num_channels = bins, groups, num_channels
@@ -156,7 +158,9 @@ class ChannelHistograms:
         """Extend the range to cover raw values (C, n) and count them in group 0 (zeros apart)."""
         values = values.detach().float()
         if values.shape[0] != self.num_channels:
-            raise ValueError(f"update takes values of all {self.num_channels} channels; got {values.shape[0]} rows")
+            raise ValueError(
+                f"update takes values of all {self.num_channels} channels; got {values.shape[0]} rows"
+            )
         self.extend(values.amax(1))
         positive = values > 0
         self.count += values.shape[1]
@@ -183,7 +187,9 @@ class ChannelHistograms:
         cumulative = hist.cumsum(1)
         index = torch.searchsorted(cumulative, rank[:, None].clamp_min(0).contiguous()).squeeze(1)
         index = index.clamp_(max=self.bins - 1)
-        before = torch.where(index > 0, cumulative.gather(1, (index - 1).clamp_min(0)[:, None]).squeeze(1), 0.0)
+        before = torch.where(
+            index > 0, cumulative.gather(1, (index - 1).clamp_min(0)[:, None]).squeeze(1), 0.0
+        )
         inside = hist.gather(1, index[:, None]).squeeze(1)
         fraction = ((rank - before) / inside.clamp_min(1)).clamp(0, 1)
         value = (index.double() + fraction) * self.hi / self.bins
@@ -543,7 +549,9 @@ def iou_tallies(
         upsampled = F.interpolate(
             activations[:, start:stop].float(), size=(image_h, image_w), mode="bilinear", align_corners=False
         )
-        binary = (upsampled > thresholds[start:stop].view(1, -1, 1, 1)).reshape(b, stop - start, pixels).float()
+        binary = (
+            (upsampled > thresholds[start:stop].view(1, -1, 1, 1)).reshape(b, stop - start, pixels).float()
+        )
         # 0/1 values with float32 accumulation: exact counts (per image at most S^2 < 2^24).
         intersection[start:stop] += torch.bmm(binary, parts).sum(0).double()
         map_area[start:stop] += binary.sum((0, 2)).double()
@@ -664,12 +672,14 @@ def part_iou(
     try:
         for batch in progress_bar(loader, progress, "part IoU", total):
             if not isinstance(batch, dict) or "masks" not in batch:
-                raise ValueError("part_iou needs batches with 'masks' (B, P, S, S); use LandmarkPartMasks for 68 points")
+                raise ValueError(
+                    "part_iou needs batches with 'masks' (B, P, S, S); use LandmarkPartMasks for 68 points"
+                )
             images = batch_images(batch).to(device, non_blocking=True)
             with autocast(device, amp):
                 activations = _activations(model, images)
             new = iou_tallies(activations, batch["masks"].to(device).bool(), thresholds)
-            tallies = new if tallies is None else tuple(a + b for a, b in zip(tallies, new))
+            tallies = new if tallies is None else tuple(a + b for a, b in zip(tallies, new, strict=True))
     finally:
         model.train(was_training)
     if tallies is None:
@@ -858,16 +868,14 @@ def part_coverage(assigned: np.ndarray, part_names: Sequence[str]) -> dict[str, 
         entropy = float("nan")
     normaliser = math.log2(len(part_names)) if len(part_names) > 1 else float("nan")
     return {
-        "channels_per_part": {name: int(n) for name, n in zip(part_names, counts)},
+        "channels_per_part": {name: int(n) for name, n in zip(part_names, counts, strict=True)},
         "num_assigned": int(total),
         "entropy_bits": _float(entropy),
         "normalised_entropy": _float(entropy / normaliser) if total > 0 else None,
     }
 
 
-def landmark_assignment(
-    stats: ActivationStats, top_m: int = 100, max_distance: float = 0.1
-) -> np.ndarray:
+def landmark_assignment(stats: ActivationStats, top_m: int = 100, max_distance: float = 0.1) -> np.ndarray:
     """Assign each channel to the landmark its peak sits nearest to, for data without part masks.
 
     Over the channel's top-M images (as in ``location_instability``), the landmark with the
@@ -917,7 +925,9 @@ def _convex_hull(points: np.ndarray) -> np.ndarray:
     return np.array(lower[:-1] + upper[:-1])
 
 
-def landmark_part_masks(landmarks: np.ndarray | torch.Tensor, image_size: int | tuple[int, int]) -> np.ndarray:
+def landmark_part_masks(
+    landmarks: np.ndarray | torch.Tensor, image_size: int | tuple[int, int]
+) -> np.ndarray:
     """Approximate part masks drawn from 68 iBUG landmarks (see the module docstring).
 
     Args:
@@ -1030,7 +1040,11 @@ def explainability_metrics(
     num_landmarks = int(np.asarray(probe.get("landmarks", np.zeros((0, 2)))).shape[0])
     masks_from = "dataset" if "masks" in probe else None
     if masks_from is None and num_landmarks == 68:
-        dataset, part_names, masks_from = LandmarkPartMasks(dataset), LANDMARK_PART_NAMES, "68-landmark polygons"
+        dataset, part_names, masks_from = (
+            LandmarkPartMasks(dataset),
+            LANDMARK_PART_NAMES,
+            "68-landmark polygons",
+        )
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     stats = collect_activations(
         model, loader, device=device, quantile=quantile, progress=progress,
@@ -1072,7 +1086,10 @@ def explainability_metrics(
         out["part_coverage"] = part_coverage(iou.assigned, part_names)
     elif has_landmarks:
         names = landmark_names or tuple(f"landmark_{k}" for k in range(stats.landmarks.shape[1]))
-        out["part_coverage"] = {**part_coverage(landmark_assignment(stats, top_m), names), "by": "nearest landmark"}
+        out["part_coverage"] = {
+            **part_coverage(landmark_assignment(stats, top_m), names),
+            "by": "nearest landmark",
+        }
     count = min(tracking_images, len(dataset))
     if count > 0:
         images = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(count)])

@@ -235,7 +235,18 @@ def test_evaluate_command_prints_one_json_object(monkeypatch, capsys, tmp_path):
     from ecl.cli import main
 
     out = tmp_path / "result.json"
-    argv = ["evaluate", "--checkpoint", "run", "--data", "faceparts", "--max-images", "20", "--quiet", "--out", str(out)]
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        "run",
+        "--data",
+        "faceparts",
+        "--max-images",
+        "20",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
@@ -244,7 +255,13 @@ def test_evaluate_command_prints_one_json_object(monkeypatch, capsys, tmp_path):
     for copy in ("original", "jittered"):
         numbers = printed["explainability"][copy]
         assert numbers["num_images"] == 20 and numbers["num_channels"] == 8
-        assert {"location_instability", "part_iou", "peak_hit_rate", "translation_tracking", "part_coverage"} <= set(numbers)
+        assert {
+            "location_instability",
+            "part_iou",
+            "peak_hit_rate",
+            "translation_tracking",
+            "part_coverage",
+        } <= set(numbers)
 
 
 def test_subsample_pairs_keeps_every_fold_balanced():
@@ -256,7 +273,9 @@ def test_subsample_pairs_keeps_every_fold_balanced():
     small = subsample_pairs(pairs, 100)
     assert len(small) == 100
     for fold in range(10):
-        assert small.is_same[small.fold == fold].sum() == 5 and (~small.is_same[small.fold == fold]).sum() == 5
+        assert (
+            small.is_same[small.fold == fold].sum() == 5 and (~small.is_same[small.fold == fold]).sum() == 5
+        )
 
 
 @pytest.mark.parametrize("spec, folds_from_file", [("lfw", False), ("lfw-view2", True)])
@@ -294,5 +313,7 @@ def test_insightface_bin_pack_runs_through_the_evaluation(tmp_path):
     dataset, pairs, explain_dataset = load_evaluation_data(f"bin:{tmp_path / 'tiny.bin'}")
     result = evaluate_pairs(TinyFaceNet(), dataset, pairs, batch_size=20, progress=False)
     assert result.num_pairs == 20 and len(result.fold_accuracies) == 10
-    numbers = explainability_metrics(TinyFaceNet(), explain_dataset, batch_size=20, tracking_images=4, progress=False)
+    numbers = explainability_metrics(
+        TinyFaceNet(), explain_dataset, batch_size=20, tracking_images=4, progress=False
+    )
     assert "translation_tracking" in numbers and "location_instability" not in numbers

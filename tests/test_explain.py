@@ -12,6 +12,7 @@ from torch import nn
 
 from ecl.explain import (
     ChannelHistograms,
+    LandmarkPartMasks,
     cells_to_pixels,
     collect_activations,
     explainability_metrics,
@@ -19,7 +20,6 @@ from ecl.explain import (
     iou_tallies,
     landmark_assignment,
     landmark_part_masks,
-    LandmarkPartMasks,
     location_instability,
     part_coverage,
     part_iou,
@@ -60,7 +60,9 @@ class BlobSmoother(nn.Module):
 
     def forward(self, images):
         blob = F.avg_pool2d(images.mean(1, keepdim=True), CELL)
-        blob = F.conv2d(blob, torch.tensor([[[[0.2, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 0.2]]]]), padding=1)
+        blob = F.conv2d(
+            blob, torch.tensor([[[[0.2, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 0.2]]]]), padding=1
+        )
         return images.flatten(1)[:, :4], blob
 
 
@@ -103,7 +105,9 @@ def loader_of(dataset, batch_size=16):
 def test_peak_pixels_are_receptive_field_centres():
     cells = np.array([[0, 0], [7, 3]])
     np.testing.assert_allclose(cells_to_pixels(cells, (8, 8), (32, 32)), [[2, 2], [14, 30]])
-    np.testing.assert_allclose(cells_to_pixels(torch.tensor(cells), (8, 4), (32, 32)).numpy(), [[4, 2], [28, 30]])
+    np.testing.assert_allclose(
+        cells_to_pixels(torch.tensor(cells), (8, 4), (32, 32)).numpy(), [[4, 2], [28, 30]]
+    )
 
 
 def test_collect_activations_keeps_peaks_maxima_and_landmarks():
@@ -201,7 +205,9 @@ def test_a_map_equal_to_a_part_mask_has_iou_one():
     masks[1, 0, 20:30, 1:5] = True
     masks[:, 1, :, 16:] = True
     activations = torch.cat([masks[:, :1].float(), torch.rand(2, 1, S, S)], dim=1)  # same size: no upsampling
-    result = part_iou_from_tallies(*iou_tallies(activations, masks, torch.tensor([0.5, 2.0])), part_names=["p", "q"])
+    result = part_iou_from_tallies(
+        *iou_tallies(activations, masks, torch.tensor([0.5, 2.0])), part_names=["p", "q"]
+    )
     np.testing.assert_allclose(result.iou[0], [1.0, 0.0])
     np.testing.assert_allclose(result.iou[1], [0.0, 0.0])  # thresholded away entirely
     np.testing.assert_array_equal(result.assigned, [0, -1])
@@ -262,7 +268,9 @@ def test_overlapping_masks_are_tallied_part_by_part():
             return item
 
     stats = collect_activations(PixelDetector(), loader_of(Overlapping()), progress=False)
-    exact = part_iou(PixelDetector(), loader_of(Overlapping()), stats.thresholds, ["a", "b", "c"], progress=False)
+    exact = part_iou(
+        PixelDetector(), loader_of(Overlapping()), stats.thresholds, ["a", "b", "c"], progress=False
+    )
     intersection, map_area, part_area = stats.iou_tallies
     np.testing.assert_allclose(intersection[0, 2], intersection[0, 0] + intersection[0, 1], atol=1e-6)
     np.testing.assert_allclose(part_area, [16 * 12, 16 * 12, 32 * 12])
@@ -289,7 +297,9 @@ def test_random_maps_have_low_iou():
     masks[:, 1, 20:28, 4:20] = True
     sketch = ChannelHistograms(4)
     sketch.update(activations.transpose(0, 1).reshape(4, -1))
-    result = part_iou_from_tallies(*iou_tallies(activations, masks, sketch.quantile(0.995)), part_names=["a", "b"])
+    result = part_iou_from_tallies(
+        *iou_tallies(activations, masks, sketch.quantile(0.995)), part_names=["a", "b"]
+    )
     assert result.best_iou.max() < 0.04
     assert result.num_detectors == 0
 
@@ -371,13 +381,18 @@ def test_landmark_part_masks_wrapper_adds_masks():
             return 2
 
         def __getitem__(self, index):
-            return {"image": torch.zeros(3, 112, 112), "landmarks": torch.tensor(ibug_points(), dtype=torch.float32)}
+            return {
+                "image": torch.zeros(3, 112, 112),
+                "landmarks": torch.tensor(ibug_points(), dtype=torch.float32),
+            }
 
     wrapped = LandmarkPartMasks(Faces())
     assert wrapped.landmark_names == Faces.landmark_names
     assert wrapped[0]["masks"].shape == (6, 112, 112)
     # Through a DataLoader too, also around a Subset (whose __getitems__ must not be forwarded).
-    batch = next(iter(torch.utils.data.DataLoader(LandmarkPartMasks(torch.utils.data.Subset(Faces(), [0, 1])), 2)))
+    batch = next(
+        iter(torch.utils.data.DataLoader(LandmarkPartMasks(torch.utils.data.Subset(Faces(), [0, 1])), 2))
+    )
     assert batch["masks"].shape == (2, 6, 112, 112)
 
 
@@ -395,14 +410,18 @@ def test_landmark_assignment_picks_the_landmark_the_peak_sits_on():
 
 
 def test_explainability_metrics_reports_every_number():
-    report = explainability_metrics(PixelDetector(), SquareFaces(24), batch_size=8, tracking_images=8, progress=False)
+    report = explainability_metrics(
+        PixelDetector(), SquareFaces(24), batch_size=8, tracking_images=8, progress=False
+    )
     assert report["num_images"] == 24
     assert report["location_instability"]["overall"] == pytest.approx(0.0, abs=1e-9)
     assert report["part_iou"]["num_detectors"] == 1
     assert report["peak_hit_rate"]["mean"] == 1.0
     assert report["translation_tracking"]["mean"] == 1.0
     assert "channels_per_part" in report["part_coverage"]
-    report = explainability_report(BlobDetector(), SquareFaces(24), jitter=False, max_images=10, progress=False)
+    report = explainability_report(
+        BlobDetector(), SquareFaces(24), jitter=False, max_images=10, progress=False
+    )
     assert report["original"]["num_images"] == 10
 
 
