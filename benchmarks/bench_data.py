@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small run (< 30 s)")
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--n", type=int, default=None, help="images to render (default 2000, 400 with --quick)")
-    parser.add_argument("--difficulty", type=float, default=0.5)
+    parser.add_argument("--difficulty", type=float, default=0.25)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     n = args.n or (400 if args.quick else 2000)

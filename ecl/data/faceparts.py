@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 # Bump whenever rendering changes, so stale caches are never reused.
-RENDERER_VERSION = 2
+RENDERER_VERSION = 5
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 PART_NAMES = ("left_eye", "right_eye", "left_brow", "right_brow", "nose", "mouth", "hair", "skin")
@@ -264,11 +264,15 @@ class RenderConfig:
     """How images vary. Geometry ranges follow the issue (faces are NOT aligned).
 
     ``difficulty`` in [0, 1] is the one knob to calibrate: it shrinks the between-identity parameter
-    spread, grows the within-identity variation and scales every photometric nuisance.
+    spread, grows the within-identity variation and scales every photometric nuisance; the geometry
+    (shift, scale, rotation, yaw) does not depend on it. Calibration (configs/faceparts-quick.yaml:
+    resnet10t, 32 x 16 training images at 64 px, 96 steps; verification on 50 new test identities x
+    10 images, 1,000 pairs, 10 folds, one run each): baseline (no explainability loss) 85.0% at 0.25
+    (the default), about 78% near 0.48 and 59.1% at 1.0; ECLoss 85.4% at 0.25.
     """
 
     image_size: int = 112
-    difficulty: float = 0.5
+    difficulty: float = 0.25
     max_shift: float = 0.15  # fraction of the image
     scale_range: tuple[float, float] = (0.8, 1.25)
     max_rotation: float = 20.0  # degrees
@@ -281,16 +285,18 @@ class _Renderer:
     def __init__(self, cfg: RenderConfig):
         self.cfg = cfg
         d = float(np.clip(cfg.difficulty, 0.0, 1.0))
-        self.spread = 1.0 - 0.45 * d  # between-identity spread of the latents
-        self.within = 0.04 + 0.16 * d  # within-identity std of the latents, per image
-        self.nuisance = 0.4 + 1.2 * d  # photometric nuisance strength
+        # Affine in d, anchored at the default 0.25 (calibrated: the faceparts-quick preset's baseline
+        # reaches about 85% verification accuracy there) and at d = 1 (hard: about 59%).
+        self.spread = 2.2 - 1.6 * d  # between-identity spread of the latents (x the half-ranges)
+        self.within = max(0.005, 0.02 + 0.24 * (d - 0.25))  # within-identity std of the latents, per image
+        self.nuisance = max(0.1, 0.25 + 1.8 * (d - 0.25))  # photometric nuisance (noise, blur, cast, light, JPEG)
 
     # -- identity parameters -> physical values, with per-image jitter
     def _phys(self, ident: Identity, rng: np.random.Generator) -> dict[str, dict[str, float]]:
         zvec = ident.extra.get("_zvec")
         if zvec is None:  # flattened once per identity: per-image cost is one vector op
             zvec = ident.extra["_zvec"] = np.array([ident.z[g][k] for g, k in _KEYS])
-        z = np.clip(zvec * self.spread + rng.standard_normal(len(_KEYS)) * self.within, -1.2, 1.2)
+        z = np.clip(zvec * self.spread + rng.standard_normal(len(_KEYS)) * self.within, -2.0, 2.0)
         vals = (_MIDS + _HALVES * z).tolist()
         out: dict[str, dict[str, float]] = {g: {} for g in _PARAMS}
         for (g, k), v in zip(_KEYS, vals):
@@ -338,8 +344,12 @@ class _Renderer:
         ey = F["eye_line"]
         es, ew = E["spacing"], E["size"]
         eh = ew * E["aspect"]
+        # keep extreme identities drawable: parts neither vanish nor collide
+        B["thickness"] = max(B["thickness"], 0.006)
+        B["gap"] = max(B["gap"], eh + B["thickness"] / 2 + 0.01)
+        M["lips"] = max(M["lips"], 0.005)
         ytip = ey + N["length"]
-        ym = ytip + M["gap"]
+        ym = min(ytip + M["gap"], 0.8 * fh - M["lips"])
         mw = M["width"]
 
         prims: list[tuple[int, Any, Any, str]] = []  # (number of points, fill, label code, kind)
@@ -418,7 +428,7 @@ class _Renderer:
         eye_centres = []
         for side, sx in (("left_eye", -1.0), ("right_eye", 1.0)):
             cx = sx * es
-            h_up, h_lo = eh * openness, eh * 0.75 * openness
+            h_up, h_lo = max(eh * openness, 0.008), max(eh * 0.75 * openness, 0.006)  # never thinner than ~1 px
             ex = ew * cos_t
             pts = np.concatenate([_xy(ex, -h_up * sin_t), _xy(ex[::-1], h_lo * sin_t)[1:-1]])
             ang = -sx * E["tilt"]
@@ -627,7 +637,7 @@ class FaceParts(Dataset):
         images_per_identity: int = 20,
         image_size: int = 112,
         seed: int = 0,
-        difficulty: float = 0.5,
+        difficulty: float = 0.25,
         occlusion_prob: float = 0.1,
         cache: str = "disk",
         cache_dir: str | os.PathLike | None = None,
