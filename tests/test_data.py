@@ -178,7 +178,7 @@ def test_faceparts_pairs_are_balanced_correct_and_deterministic():
     for f in range(10):
         in_fold = pairs.fold == f
         assert pairs.is_same[in_fold].sum() == 10 and (~pairs.is_same[in_fold]).sum() == 10
-    keys = {(min(a, b), max(a, b)) for a, b in zip(pairs.index_a, pairs.index_b)}
+    keys = {(min(a, b), max(a, b)) for a, b in zip(pairs.index_a, pairs.index_b, strict=True)}
     assert len(keys) == 200
     # identities do not cross folds (LFW View 2 style), since there are >= 2 per fold
     ids_per_fold = [set(ds.labels[pairs.index_a[pairs.fold == f]]) | set(ds.labels[pairs.index_b[pairs.fold == f]])
@@ -267,3 +267,15 @@ def test_build_dataset_and_pairs_for_faceparts():
         build_dataset("mnist")
     with pytest.raises(ValueError, match="needs root"):
         build_dataset("lfw")
+
+
+def test_benchmark_script_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_data.py"
+    spec = importlib.util.spec_from_file_location("bench_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    assert module.main(["--quick", "--n", "100", "--image-size", "48"]) == 0
+    assert "images/s per core" in capsys.readouterr().out

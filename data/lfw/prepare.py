@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     root = Path(args.root).expanduser()
-    for name, (url, sha, rel) in FILES.items():
+    for url, sha, rel in FILES.values():
         download(url, root / rel, sha256=sha, quiet=args.quiet)
     archive = root / FILES["lfw.tgz"][2]
     if not (root / "lfw").is_dir():

@@ -6,7 +6,6 @@ where the dataset has part masks (``part_names`` non-empty).
 """
 
 from ecl.data.binpack import BinImages, UnsafePickleError, load_bin, safe_load_bin
-from ecl.data.factory import DATASETS, build_dataset, build_pairs
 from ecl.data.faceparts import (
     CHIMERA_PARTS,
     HAIR_STYLES,
@@ -18,6 +17,7 @@ from ecl.data.faceparts import (
     chimera,
     default_cache_dir,
 )
+from ecl.data.factory import DATASETS, build_dataset, build_pairs
 from ecl.data.pairs import PairList, balanced_folds, faceparts_pairs
 from ecl.data.real import (
     LANDMARK68_NAMES,

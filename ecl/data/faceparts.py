@@ -299,7 +299,7 @@ class _Renderer:
         z = np.clip(zvec * self.spread + rng.standard_normal(len(_KEYS)) * self.within, -2.0, 2.0)
         vals = (_MIDS + _HALVES * z).tolist()
         out: dict[str, dict[str, float]] = {g: {} for g in _PARAMS}
-        for (g, k), v in zip(_KEYS, vals):
+        for (g, k), v in zip(_KEYS, vals, strict=True):
             out[g][k] = v
         return out
 
@@ -368,7 +368,6 @@ class _Renderer:
             np.array([[-2.6 * fw, 3.2 * fh], [-2.4 * fw, 1.75 * fh], [-0.8 * fw, 1.3 * fh], [0.8 * fw, 1.3 * fh],
                       [2.4 * fw, 1.75 * fh], [2.6 * fw, 3.2 * fh]]), 0.0, col(clothes), None)
         style = HAIR_STYLES[ident.hair_style]
-        vol = 0.1 + 0.05 * H["volume"]
         if style == "long":
             add(np.array([[-fw * 1.35, -fh * 0.5], [fw * 1.35, -fh * 0.5], [fw * 1.55, fh * 1.55],
                           [-fw * 1.55, fh * 1.55]]), -0.1, col(hair * 0.85), _CODE["hair"])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -110,5 +110,5 @@ def faceparts_pairs(dataset, num_pairs: int = 1000, folds: int = 10, seed: int =
                 seen.add(key)
                 rows.append((int(a), int(b), same, f))
                 made += 1
-    a, b, s, fo = zip(*rows)
+    a, b, s, fo = zip(*rows, strict=True)
     return PairList(np.array(a), np.array(b), np.array(s), np.array(fo))

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -232,8 +233,8 @@ class FaceImages(Dataset):
         try:
             img = Image.open(path)
             w, h = img.size
-            l, t, r, b = self._box(index, w, h)
-            side = max(r - l, b - t)
+            left, top, right, bottom = self._box(index, w, h)
+            side = max(right - left, bottom - top)
             if img.format == "JPEG" and side > 2 * S:
                 # decode at a reduced scale (1/2, 1/4, 1/8): big in-the-wild photos load far faster
                 img.draft("RGB", (max(1, int(w * 2 * S / side)), max(1, int(h * 2 * S / side))))
@@ -242,7 +243,7 @@ class FaceImages(Dataset):
             raise OSError(f"cannot decode image {str(path)!r}: {err} (construct with check='decode' to skip "
                           "such files up front)") from err
         sx, sy = img.size[0] / w, img.size[1] / h
-        box = (round(l * sx), round(t * sy), round(r * sx), round(b * sy))
+        box = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
         # crop() pads with black outside the image: that is how boxes leaving the image are handled
         img = img.crop(box).resize((S, S), Image.BILINEAR)
         lm = self._landmarks[index].astype(np.float64)
@@ -262,7 +263,7 @@ class FaceImages(Dataset):
             "index": index,
         }
 
-    def subset_by(self, indices: Iterable[int]) -> "FaceImages":
+    def subset_by(self, indices: Iterable[int]) -> FaceImages:
         """A new dataset with items ``indices`` (labels kept as they are)."""
         idx = list(indices)
         out = object.__new__(type(self))
@@ -658,10 +659,10 @@ def square_box(points_or_box: np.ndarray, scale: float) -> np.ndarray:
     """A square (l, t, r, b) centred on a point set's (or a box's) extent, side = scale * its longer side."""
     a = np.asarray(points_or_box, dtype=np.float64)
     if a.ndim == 1:
-        l, t, r, b = a
+        left, top, right, bottom = a
     else:
-        (l, t), (r, b) = np.nanmin(a, 0), np.nanmax(a, 0)
-    cx, cy, side = (l + r) / 2, (t + b) / 2, scale * max(r - l, b - t)
+        (left, top), (right, bottom) = np.nanmin(a, 0), np.nanmax(a, 0)
+    cx, cy, side = (left + right) / 2, (top + bottom) / 2, scale * max(right - left, bottom - top)
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 

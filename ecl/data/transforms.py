@@ -111,8 +111,8 @@ def apply_affine(x: torch.Tensor, dx: float, dy: float, scale: float = 1.0, padd
     arr = xb.detach().cpu().numpy().astype(np.float32, copy=False).reshape(-1, h, w)
     iy, wy = _taps(h, dy, scale, padding, mode)
     ix, wx = _taps(w, dx, scale, padding, mode)
-    rows = sum(arr[:, i, :] * wt[None, :, None] for i, wt in zip(iy, wy))
-    out = sum(rows[:, :, i] * wt[None, None, :] for i, wt in zip(ix, wx))
+    rows = sum(arr[:, i, :] * wt[None, :, None] for i, wt in zip(iy, wy, strict=True))
+    out = sum(rows[:, :, i] * wt[None, None, :] for i, wt in zip(ix, wx, strict=True))
     res = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32).reshape(xb.shape))
     if xb.dtype != torch.float32:
         res = res.to(xb.dtype)
