@@ -376,3 +376,35 @@ def test_lfw_prepare_script_offline_against_a_local_fixture(server, tmp_path, sh
 def test_bin_packs_of_every_pickle_protocol_load(protocol):
     bins, issame = safe_load_bin(pickle.dumps(([b"\x00\xffjpeg", b"x"], [False]), protocol=protocol))
     assert bins == [b"\x00\xffjpeg", b"x"] and issame == [False]
+
+
+def test_celeba_crop_from_a_given_box(shared_data, tmp_path):
+    src = shared_data / "celeba_subset"
+    root = tmp_path / "celeba"
+    (root / "images").mkdir(parents=True)
+    lines = (src / "annotations" / "identity_subset.txt").read_text().splitlines()[1:4]
+    for line in lines:
+        shutil.copy(src / "images" / line.split()[0], root / "images")
+    (root / "identity_CelebA.txt").write_text("\n".join(lines) + "\n")
+    shutil.copy(src / "annotations" / "landmarks68_dlib_DERIVED.tsv", root)
+    from ecl.data import read_landmarks_68
+
+    l68 = read_landmarks_68(root / "landmarks68_dlib_DERIVED.tsv")
+    rows = [str(len(lines)), "image_id x_1 y_1 width height"]
+    for line in lines:
+        name = line.split()[0]
+        if l68.get(name) is not None:
+            left, top, right, bottom = l68[name][0]
+            rows.append(f"{name} {int(left)} {int(top)} {int(right - left)} {int(bottom - top)}")
+    (root / "list_bbox_celeba.txt").write_text("\n".join(rows) + "\n")
+    ds = CelebA(root, box="bbox", box_scale=1.5)
+    assert len(ds) == len(rows) - 2
+    assert all(_inside_fraction(ds[i]) == 1.0 for i in range(len(ds)))
+
+
+def test_bin_factory(tmp_path):
+    path = tmp_path / "pack.bin"
+    path.write_bytes(pickle.dumps(([_jpeg((112, 112))] * 40, [True, False] * 10)))
+    ds, pairs = build_pairs("bin", path, folds=10)
+    assert len(ds) == 40 and len(pairs) == 20 and np.bincount(pairs.fold).tolist() == [2] * 10
+    assert len(build_dataset("bin", path)) == 40
