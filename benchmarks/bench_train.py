@@ -55,7 +55,7 @@ def step_times(config, steps: int) -> list[float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         fit(config, out_dir=Path(tmp) / "run", callbacks=[stamp], max_steps=steps + 1)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
 def interleaved_step_times(cfg, pairs: int) -> dict[str, list[float]]:
@@ -67,15 +67,28 @@ def interleaved_step_times(cfg, pairs: int) -> dict[str, list[float]]:
     """
     import dataclasses
 
-    from ecl.train import _TrainModule, _build_optimizer, _collate, build_model, build_train_dataset, training_objective
+    from ecl.train import (
+        _build_optimizer,
+        _collate,
+        _TrainModule,
+        build_model,
+        build_train_dataset,
+        training_objective,
+    )
 
     dataset = build_train_dataset(cfg)
     torch.manual_seed(cfg.run.seed)
     model, head = build_model(cfg, int(dataset.num_classes))
     module = _TrainModule(model, head).train()
     optimizer = _build_optimizer((model, head), cfg.optim)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                                         collate_fn=_collate, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=_collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     loss_cfgs = {m: dataclasses.replace(cfg.loss, method=m) for m in ("none", "ecloss")}
     times: dict[str, list[float]] = {"none": [], "ecloss": []}
     batches = iter(())
@@ -122,27 +135,37 @@ def bench_cpu(quick: bool) -> dict:
         "images_per_s_ecloss": batch / median["ecloss"],
         "images_per_s_baseline": batch / median["none"],
         # Adjacent steps share the machine's load: the median of their ratios is the robust number.
-        "ecloss_overhead_ratio": statistics.median(e / n for e, n in zip(times["ecloss"], times["none"])),
+        "ecloss_overhead_ratio": statistics.median(
+            e / n for e, n in zip(times["ecloss"], times["none"], strict=True)
+        ),
         "ecloss_overhead_ratio_of_medians": median["ecloss"] / median["none"],
         "ecloss_overhead_ratio_of_minima": min(times["ecloss"]) / min(times["none"]),
     }
-    print(f"CPU ({result['threads']} threads), {result['preset']} ({cfg.model.backbone}, {cfg.data.image_size} px, batch {batch}):")
-    print(f"  fit() images/s ({cfg.loss.method}, data loading included), median of {len(fit_times)} steps: "
-          f"{result['images_per_s_fit']:.1f}")
+    print(
+        f"CPU ({result['threads']} threads), {result['preset']} ({cfg.model.backbone}, {cfg.data.image_size} px, batch {batch}):"
+    )
+    print(
+        f"  fit() images/s ({cfg.loss.method}, data loading included), median of {len(fit_times)} steps: "
+        f"{result['images_per_s_fit']:.1f}"
+    )
     print(f"  interleaved training steps, median of {result['pairs_timed']} per method:")
     print(f"    images/s with ECLoss:   {result['images_per_s_ecloss']:8.1f}")
     print(f"    images/s baseline:      {result['images_per_s_baseline']:8.1f}")
-    print(f"    ECLoss overhead ratio (step time with / without), median over adjacent pairs: "
-          f"{result['ecloss_overhead_ratio']:.3f}")
-    print(f"      (ratio of median step times {result['ecloss_overhead_ratio_of_medians']:.3f}, "
-          f"of fastest steps {result['ecloss_overhead_ratio_of_minima']:.3f})")
+    print(
+        f"    ECLoss overhead ratio (step time with / without), median over adjacent pairs: "
+        f"{result['ecloss_overhead_ratio']:.3f}"
+    )
+    print(
+        f"      (ratio of median step times {result['ecloss_overhead_ratio_of_medians']:.3f}, "
+        f"of fastest steps {result['ecloss_overhead_ratio_of_minima']:.3f})"
+    )
     return result
 
 
 def bench_gpu(quick: bool) -> dict:
     """resnet50 at 112 px, bf16 + channels_last, eager vs torch.compile (CUDA only)."""
     from ecl.config import ExperimentConfig
-    from ecl.train import _TrainModule, _build_optimizer, build_model, training_objective
+    from ecl.train import _build_optimizer, _TrainModule, build_model, training_objective
 
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -152,8 +175,13 @@ def bench_gpu(quick: bool) -> dict:
     warmup, timed = (3, 5) if quick else (10, 30)
     cfg = apply_overrides(
         ExperimentConfig(),
-        ["model.backbone=resnet50", "model.target_layer=layer3", "data.image_size=112",
-         f"optim.batch_size={batch}", "loss.method=ecloss"],
+        [
+            "model.backbone=resnet50",
+            "model.target_layer=layer3",
+            "data.image_size=112",
+            f"optim.batch_size={batch}",
+            "loss.method=ecloss",
+        ],
     )
     results = {"device": torch.cuda.get_device_name(), "batch_size": batch, "dtype": str(dtype)}
     images = torch.rand(batch, 3, 112, 112, device=device).contiguous(memory_format=torch.channels_last)
@@ -192,9 +220,15 @@ def bench_gpu(quick: bool) -> dict:
         results[f"warmup_seconds_{key}"] = warm_seconds
         del model, head, module, optimizer
         torch.cuda.empty_cache()
-    print(f"GPU {results['device']}: resnet50, 112 px, batch {batch}, {dtype}, channels_last, ArcFace + ECLoss (layer3):")
-    print(f"  eager:         {results['images_per_s_eager']:8.0f} images/s (warm-up {results['warmup_seconds_eager']:.1f} s)")
-    print(f"  torch.compile: {results['images_per_s_compile']:8.0f} images/s (warm-up {results['warmup_seconds_compile']:.1f} s)")
+    print(
+        f"GPU {results['device']}: resnet50, 112 px, batch {batch}, {dtype}, channels_last, ArcFace + ECLoss (layer3):"
+    )
+    print(
+        f"  eager:         {results['images_per_s_eager']:8.0f} images/s (warm-up {results['warmup_seconds_eager']:.1f} s)"
+    )
+    print(
+        f"  torch.compile: {results['images_per_s_compile']:8.0f} images/s (warm-up {results['warmup_seconds_compile']:.1f} s)"
+    )
     return results
 
 

@@ -308,9 +308,7 @@ def _resolve_key(section: str, key: str) -> str:
 
 def _resolve_section(section: str) -> str:
     if section not in _SECTIONS:
-        raise ConfigError(
-            f"unknown config section '{section}'; valid sections are: {', '.join(_SECTIONS)}"
-        )
+        raise ConfigError(f"unknown config section '{section}'; valid sections are: {', '.join(_SECTIONS)}")
     return section
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -68,7 +67,6 @@ from ecl.config import (
     config_diff,
     config_from_dict,
     config_hash,
-    config_to_yaml,
     load_config,
     save_config,
 )
@@ -209,7 +207,9 @@ def _init_distributed(device_name: str) -> _Dist:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend="nccl" if use_nccl else "gloo")
         initialised_here = True
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), initialised_here)
+    return _Dist(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), initialised_here
+    )
 
 
 # ------------------------------------------------------------------------------------ schedule
@@ -252,7 +252,9 @@ def build_train_dataset(cfg: ExperimentConfig):
         kwargs.setdefault("seed", data.seed)
     root = resolve_data_root(data.root) if data.root is not None else None
     jitter = {"max_shift": data.jitter, "seed": data.seed} if data.jitter > 0 else None
-    dataset = ecl.data.build_dataset(data.name, root, split=data.split, image_size=data.image_size, jitter=jitter, **kwargs)
+    dataset = ecl.data.build_dataset(
+        data.name, root, split=data.split, image_size=data.image_size, jitter=jitter, **kwargs
+    )
     return dataset
 
 
@@ -265,7 +267,9 @@ def resolve_data_root(root: str) -> Path:
         FileNotFoundError: neither exists (the message says how to set the root).
     """
     path = Path(os.path.expandvars(os.path.expanduser(root)))
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, Path(__file__).resolve().parents[1] / path]
+    candidates = (
+        [path] if path.is_absolute() else [Path.cwd() / path, Path(__file__).resolve().parents[1] / path]
+    )
     for candidate in candidates:
         if candidate.exists():
             return candidate.resolve()
@@ -300,7 +304,9 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         world_size: number of processes.
     """
 
-    def __init__(self, num_items: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_items: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         if global_batch % world_size:
             raise ConfigError(
                 f"optim.batch_size={global_batch} must be divisible by the number of processes ({world_size})"
@@ -403,7 +409,9 @@ def training_objective(output, logits: Tensor, labels: Tensor, loss_cfg) -> tupl
     if method == "none":
         return loss_id, parts
     if method == "ecloss":
-        reg, reg_parts = ecloss(activations, beta=loss_cfg.beta, gamma=loss_cfg.gamma, peak=loss_cfg.peak, return_parts=True)
+        reg, reg_parts = ecloss(
+            activations, beta=loss_cfg.beta, gamma=loss_cfg.gamma, peak=loss_cfg.peak, return_parts=True
+        )
         parts.update(reg_parts)
         return loss_id + loss_cfg.lambda_ * reg, parts
     if method == "icnn":
@@ -543,7 +551,10 @@ def _save_checkpoint(
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
         # clone(): safetensors refuses shared storage, and contiguous() keeps channels_last out of the file.
-        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        save_file(
+            {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+            str(tmp / "model.safetensors"),
+        )
         state = {
             "format": CHECKPOINT_FORMAT,
             "step": step,
@@ -626,7 +637,9 @@ def load_checkpoint(
 
 
 def load_run(
-    run_dir_or_checkpoint: str | Path, map_location: str | torch.device = "cpu", config: ExperimentConfig | None = None
+    run_dir_or_checkpoint: str | Path,
+    map_location: str | torch.device = "cpu",
+    config: ExperimentConfig | None = None,
 ) -> tuple[nn.Module, ExperimentConfig]:
     """The trained model of a run folder (latest checkpoint) or checkpoint folder, in eval mode.
 
@@ -653,7 +666,9 @@ def _read_config(path: Path) -> ExperimentConfig:
 def _check_same_experiment(stored: ExperimentConfig, claimed: ExperimentConfig, where: Path) -> None:
     diff = config_diff(stored, claimed)
     if diff:
-        lines = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+        lines = "; ".join(
+            f"{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in ((k, *v) for k, v in diff.items())
+        )
         raise ValueError(
             f"checkpoint {where} was trained with a different config ({lines}); "
             "use the checkpoint's own config.yaml, or train the new config in another run folder"
@@ -665,8 +680,12 @@ def _load_weights(ckpt: Path, model: nn.Module, head: nn.Module) -> None:
     from safetensors.torch import load_file
 
     tensors = load_file(str(ckpt / "model.safetensors"))
-    _load_state(model, {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, ckpt, "model")
-    _load_state(head, {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}, ckpt, "head")
+    _load_state(
+        model, {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, ckpt, "model"
+    )
+    _load_state(
+        head, {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}, ckpt, "head"
+    )
 
 
 def _load_state(module: nn.Module, state: dict[str, Tensor], where: Path, what: str) -> None:
@@ -839,7 +858,13 @@ def _fit(cfg, out_dir, callbacks, max_steps, resume, dist_info: _Dist, t_start: 
     if is_main and cfg.run.progress and stop_step > start_step:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=stop_step, initial=start_step, desc=cfg.run.name or run_dir.name, unit="step", dynamic_ncols=True)
+        progress = tqdm(
+            total=stop_step,
+            initial=start_step,
+            desc=cfg.run.name or run_dir.name,
+            unit="step",
+            dynamic_ncols=True,
+        )
 
     history: list[dict] = []
     metrics_path = run_dir / "metrics.jsonl"
@@ -908,16 +933,25 @@ def _fit(cfg, out_dir, callbacks, max_steps, resume, dist_info: _Dist, t_start: 
                 for k in range(optim_cfg.accum_steps):
                     chunk = slice(k * micro, (k + 1) * micro)
                     last_micro = k == optim_cfg.accum_steps - 1
-                    sync = contextlib.nullcontext() if (last_micro or not dist_info.enabled) else train_module.no_sync()
+                    sync = (
+                        contextlib.nullcontext()
+                        if (last_micro or not dist_info.enabled)
+                        else train_module.no_sync()
+                    )
                     with sync:
-                        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        with torch.autocast(
+                            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                        ):
                             output, logits = train_module(images[chunk], labels[chunk])
                         loss, parts = training_objective(output, logits, labels[chunk], cfg.loss)
                         loss = loss / optim_cfg.accum_steps
                         (scaler.scale(loss) if scaler is not None else loss).backward()
                     loss_sum += loss.detach()
                     for name, value in parts.items():
-                        part_sums[name] = part_sums.get(name, 0.0) + value.detach().float().to(device) / optim_cfg.accum_steps
+                        part_sums[name] = (
+                            part_sums.get(name, 0.0)
+                            + value.detach().float().to(device) / optim_cfg.accum_steps
+                        )
 
                 if dist_info.enabled:
                     import torch.distributed as dist
@@ -932,7 +966,11 @@ def _fit(cfg, out_dir, callbacks, max_steps, resume, dist_info: _Dist, t_start: 
                     part_sums = {n: packed[i + 1] for i, n in enumerate(names)}
                 loss_value = float(loss_sum.item())
                 if not math.isfinite(loss_value):
-                    where = str(last_ckpt) if last_ckpt is not None else "none (no checkpoint was written yet; set run.checkpoint_every)"
+                    where = (
+                        str(last_ckpt)
+                        if last_ckpt is not None
+                        else "none (no checkpoint was written yet; set run.checkpoint_every)"
+                    )
                     optimizer.zero_grad(set_to_none=True)
                     raise NonFiniteLossError(
                         f"the training loss is {loss_value} at step {step + 1} (epoch {epoch}); the weights were not "
@@ -951,9 +989,9 @@ def _fit(cfg, out_dir, callbacks, max_steps, resume, dist_info: _Dist, t_start: 
                     scaler.update()
                 else:
                     optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 in_step = False
+                optimizer.zero_grad(set_to_none=True)
 
                 interval_images += optim_cfg.batch_size
                 record = {
@@ -1014,12 +1052,19 @@ def _fit(cfg, out_dir, callbacks, max_steps, resume, dist_info: _Dist, t_start: 
                 file=sys.stderr,
             )
         raise
+    finally:
+        if progress is not None:
+            progress.close()
 
-    if progress is not None:
-        progress.close()
     saved = save(gathered_rng()) if step > start_step or last_ckpt is None else last_ckpt
     seconds = time.perf_counter() - t_start
-    end_record = {"event": "end", "step": step, "total_steps": total_steps, "complete": step >= total_steps, "seconds": seconds}
+    end_record = {
+        "event": "end",
+        "step": step,
+        "total_steps": total_steps,
+        "complete": step >= total_steps,
+        "seconds": seconds,
+    }
     log(end_record)
     if is_main:
         _dispatch(callbacks, end_record)
@@ -1085,7 +1130,9 @@ The run folder holds config.yaml, metrics.jsonl and checkpoints/ (see ecl.train)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, metavar="FILE", help="experiment YAML, e.g. configs/faceparts-quick.yaml")
+    parser.add_argument(
+        "--config", required=True, metavar="FILE", help="experiment YAML, e.g. configs/faceparts-quick.yaml"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -1095,7 +1142,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override config keys, e.g. --set loss.lambda=0.5 optim.lr=1e-3 (repeatable; values are parsed as YAML)",
     )
-    parser.add_argument("--out", metavar="DIR", default=None, help="run folder (default: run.out_dir, else runs/<name>-<config hash>)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="run folder (default: run.out_dir, else runs/<name>-<config hash>)",
+    )
     parser.add_argument(
         "--max-steps",
         type=int,
@@ -1103,7 +1155,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="stop after N steps in total; the schedule still spans the whole run, so --resume continues it",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in the run folder"
+    )
 
 
 def add_subparser(subparsers) -> None:
@@ -1133,7 +1187,11 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if result.checkpoint is not None:
-        status = "complete" if result.complete else f"stopped at step {result.step}/{result.total_steps} (--resume continues)"
+        status = (
+            "complete"
+            if result.complete
+            else f"stopped at step {result.step}/{result.total_steps} (--resume continues)"
+        )
         loss = result.final_loss
         loss_text = f", final loss {loss:.4f}" if loss is not None else ""
         print(f"{status}{loss_text}, {result.seconds:.1f} s; checkpoint: {result.checkpoint}")
@@ -1143,7 +1201,9 @@ def run_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ecl.train ARGS`` (the same arguments as ``python -m ecl train``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m ecl.train", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m ecl.train",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_arguments(parser)
     return run_command(parser.parse_args(argv))

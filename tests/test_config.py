@@ -24,7 +24,12 @@ PRESETS = sorted(CONFIGS.glob("*.yaml"))
 def test_round_trip_default(tmp_path):
     cfg = apply_overrides(
         ExperimentConfig(),
-        ["loss.lambda=0.25", "optim.milestones=[0.3, 0.9]", "data.options={foo: 1}", "model.target_layer=layer3"],
+        [
+            "loss.lambda=0.25",
+            "optim.milestones=[0.3, 0.9]",
+            "data.options={foo: 1}",
+            "model.target_layer=layer3",
+        ],
     )
     path = save_config(cfg, tmp_path / "c.yaml")
     assert load_config(path) == apply_overrides(cfg, ["run.name=c"])
@@ -45,14 +50,26 @@ def test_presets_load_and_round_trip(path, tmp_path):
 
 def test_presets_exist():
     names = {p.name for p in PRESETS}
-    for name in ("faceparts-quick.yaml", "faceparts-full.yaml", "lfw-quick.yaml", "lfw-full.yaml", "casia-r50.yaml"):
+    for name in (
+        "faceparts-quick.yaml",
+        "faceparts-full.yaml",
+        "lfw-quick.yaml",
+        "lfw-full.yaml",
+        "casia-r50.yaml",
+    ):
         assert name in names
 
 
 def test_overrides_parse_yaml_values():
     cfg = apply_overrides(
         ExperimentConfig(),
-        ["optim.lr=1e-3", "run.compile=true", "optim.clip_grad_norm=null", "loss.lambda_=2", "optim.epochs=3"],
+        [
+            "optim.lr=1e-3",
+            "run.compile=true",
+            "optim.clip_grad_norm=null",
+            "loss.lambda_=2",
+            "optim.epochs=3",
+        ],
     )
     assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
     assert cfg.run.compile is True

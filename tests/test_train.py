@@ -72,7 +72,11 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def test_loss_decreases_on_faceparts(tmp_path):
     events = []
-    result = fit(tiny_config("optim.max_steps=24", "loss.method=ecloss"), out_dir=tmp_path / "r", callbacks=[events.append])
+    result = fit(
+        tiny_config("optim.max_steps=24", "loss.method=ecloss"),
+        out_dir=tmp_path / "r",
+        callbacks=[events.append],
+    )
     losses = [e["loss"] for e in events if e["event"] == "step"]
     assert len(losses) == 24 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
@@ -96,7 +100,10 @@ def test_run_folder_layout(uninterrupted):
     assert [r["step"] for r in lines if r["event"] == "step"] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["event"] == "end"
     # keep_checkpoints=2: older ones are pruned.
-    assert sorted(p.name for p in (uninterrupted / "checkpoints").glob("step_*")) == ["step_000004", "step_000006"]
+    assert sorted(p.name for p in (uninterrupted / "checkpoints").glob("step_*")) == [
+        "step_000004",
+        "step_000006",
+    ]
 
 
 def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
@@ -106,8 +113,11 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
     resumed = fit(cfg, out_dir=tmp_path / "r", resume=True)
     assert resumed.complete
     assert_same_weights(weights(uninterrupted), weights(tmp_path / "r"))
-    steps = [json.loads(x)["step"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(x)["event"] == "step"]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["event"] == "step"
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -146,7 +156,9 @@ def test_nan_before_any_checkpoint_says_so(tmp_path, monkeypatch):
     import ecl.train
 
     real = ecl.train.training_objective
-    monkeypatch.setattr(ecl.train, "training_objective", lambda *a, **k: (real(*a, **k)[0] * float("inf"), {}))
+    monkeypatch.setattr(
+        ecl.train, "training_objective", lambda *a, **k: (real(*a, **k)[0] * float("inf"), {})
+    )
     with pytest.raises(NonFiniteLossError, match=r"inf at step 1 .*no checkpoint"):
         fit(tiny_config("optim.max_steps=4"), out_dir=tmp_path / "r")
 
@@ -198,7 +210,9 @@ def test_learning_rate_schedule():
     assert learning_rate(10, cfg, 110) == pytest.approx(1.0)
     assert learning_rate(60, cfg, 110) == pytest.approx(0.5)
     assert learning_rate(109, cfg, 110) < 0.01
-    step = apply_overrides(tiny_config(), ["optim.schedule=step", "optim.warmup_steps=0", "optim.lr=1.0"]).optim
+    step = apply_overrides(
+        tiny_config(), ["optim.schedule=step", "optim.warmup_steps=0", "optim.lr=1.0"]
+    ).optim
     assert [learning_rate(s, step, 100) for s in (0, 49, 50, 74, 75)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
@@ -283,7 +297,11 @@ def test_sigint_to_the_cli_leaves_a_resumable_checkpoint(tmp_path, repo_root):
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ecl", "train", "--config", str(cfg_path), "--out", str(out)],
-        cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=repo_root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     metrics = out / "metrics.jsonl"

@@ -19,11 +19,10 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import tiny_config
 
 from ecl.config import save_config
 from ecl.train import build_model, find_checkpoint, fit
-
-from test_train import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +34,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, re
     cfg_path = save_config(cfg, tmp_path / "tiny.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "ecl.train", "--config", str(cfg_path), "--out", str(tmp_path / "ddp"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ecl.train",
+        "--config",
+        str(cfg_path),
+        "--out",
+        str(tmp_path / "ddp"),
     ]
     done = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -46,12 +54,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, re
     ddp = load_file(str(find_checkpoint(tmp_path / "ddp") / "model.safetensors"))
     single = load_file(str(find_checkpoint(tmp_path / "single") / "model.safetensors"))
     assert ddp.keys() == single.keys()
-    params = [k for k in ddp if not any(s in k for s in ("running_mean", "running_var", "num_batches_tracked"))]
+    params = [
+        k for k in ddp if not any(s in k for s in ("running_mean", "running_var", "num_batches_tracked"))
+    ]
     for key in params:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=5e-5, msg=key)
     curves = [
-        [(r["loss"], r["id"], r["match"]) for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
-         if r["event"] == "step"]
+        [
+            (r["loss"], r["id"], r["match"])
+            for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+            if r["event"] == "step"
+        ]
         for run in ("ddp", "single")
     ]
     assert len(curves[0]) == 4
