@@ -157,7 +157,9 @@ class JitteredDataset(Dataset):
 
     def __getattr__(self, name: str) -> Any:
         # labels, num_classes, landmark_names, part_names, image_size... come from the wrapped dataset
-        if name in ("dataset", "jitter"):
+        # Dunder names (e.g. __getitems__, which DataLoader prefers) must not reach the wrapped dataset:
+        # they would bypass the jitter.
+        if name in ("dataset", "jitter") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
