@@ -226,6 +226,16 @@ def test_jitter_moves_image_landmarks_and_masks_together():
     assert Jitter(seed=2).params(6, 112) != jit.params(6, 112)
 
 
+def test_jittered_subset_is_jittered_through_a_dataloader():
+    # DataLoader prefers a dataset's __getitems__; the wrapper must not hand it the wrapped Subset's.
+    ds = small(occlusion_prob=0.0)
+    wrapped = jittered(torch.utils.data.Subset(ds, [0, 1, 2, 3]), max_shift=0.15, seed=1)
+    batch = next(iter(torch.utils.data.DataLoader(wrapped, batch_size=4)))
+    direct = default_collate([wrapped[i] for i in range(4)])
+    assert torch.equal(batch["image"], direct["image"])
+    assert not torch.equal(batch["image"], default_collate([ds[i] for i in range(4)])["image"])
+
+
 def test_jitter_with_scale_keeps_landmarks_in_their_parts():
     ds = small(num_identities=10, images_per_identity=4, occlusion_prob=0.0)
     jds = jittered(ds, max_shift=0.1, scale=0.2, padding="reflect", seed=0)
