@@ -9,6 +9,7 @@ grid stops at 3.99, exactly as that code's; METHOD's "0, 0.01, ..., 4" differs o
 distance 3.99 or more, i.e. embeddings pointing in nearly opposite directions.
 
 Folds:
+
 - explicit fold ids (``PairList.fold``, e.g. LFW View-2 ``pairs.txt``'s 10 blocks) are kept;
 - an integer ``folds`` builds *balanced* folds in list order: the same pairs, in list order, are
   cut into ``folds`` contiguous chunks as ``KFold(shuffle=False)`` cuts a list (the first

@@ -17,6 +17,7 @@ All metrics read the target-layer ``activations`` (B, C, H, W) a ``FaceModel`` r
 - ``explainability_report`` runs everything on a dataset and on jittered copies of it.
 
 Approximations, stated where they are made:
+
 - The (1 - q) activation quantile comes from a per-channel histogram of ``bins`` equal bins over
   [0, hi], where ``hi`` doubles (merging bin pairs) whenever a larger value arrives; exact zeros are
   counted apart. The estimate is interpolated inside its bin, so its error is at most one bin
@@ -611,7 +612,7 @@ def part_iou_from_tallies(
     part_names: Sequence[str],
     iou_threshold: float = 0.04,
 ) -> PartIoUResult:
-    """IoU = sum_b |M AND P| / sum_b |M OR P| from accumulated tallies, and the part assignment."""
+    """``IoU = sum_b |M AND P| / sum_b |M OR P|`` from accumulated tallies, and the part assignment."""
     intersection = np.asarray(torch.as_tensor(intersection).cpu(), dtype=np.float64)
     map_area = np.asarray(torch.as_tensor(map_area).cpu(), dtype=np.float64)
     part_area = np.asarray(torch.as_tensor(part_area).cpu(), dtype=np.float64)
@@ -854,8 +855,8 @@ def part_coverage(assigned: np.ndarray, part_names: Sequence[str]) -> dict[str, 
         assigned: (C,) part index per channel, -1 for none. part_names: the P names.
 
     Returns:
-        ``{"channels_per_part": {name: count}, "num_assigned", "entropy_bits",
-        "normalised_entropy"}``: the Shannon entropy of the channel counts over the P parts, and it
+        A dict with ``channels_per_part`` (name -> count), ``num_assigned``, ``entropy_bits`` and
+        ``normalised_entropy``: the Shannon entropy of the channel counts over the P parts, and it
         divided by log2(P) (1 = evenly spread, 0 = all on one part; None with no assigned channel).
     """
     assigned = np.asarray(assigned)
