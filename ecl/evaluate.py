@@ -462,44 +462,62 @@ def _json_default(value: Any):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def run(args: argparse.Namespace) -> int:
-    """The ``evaluate`` command: verification and explainability numbers as one JSON object."""
-    from ecl import explain
-    from ecl.train import load_run
+def evaluate_model(
+    model: nn.Module,
+    data: str = "faceparts",
+    batch_size: int = 64,
+    flip: bool = True,
+    explain: bool = True,
+    max_images: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    curves: bool = False,
+) -> dict[str, Any]:
+    """Verification and explainability numbers of a model on the data a spec names (what the CLI prints).
 
-    device = (
-        torch.device(args.device)
-        if args.device
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    model, _config = load_run(args.checkpoint, map_location="cpu")
+    Args:
+        model: a ``FaceModel`` (its ``image_size`` sets the evaluation size).
+        data: ``faceparts | lfw:ROOT | lfw-view2:ROOT | celeba:ROOT | bin:FILE`` (see
+            :func:`load_evaluation_data`).
+        batch_size: images per forward pass.
+        flip: flip test-time augmentation for the embeddings.
+        explain: also compute the explainability report (original and jittered images).
+        max_images: a quick look on fewer images and pairs.
+        device: default CUDA when available, else CPU.
+        progress: show progress bars.
+        curves: include the ROC curve (``fpr``, ``tpr``) in the verification numbers.
+
+    Returns:
+        ``{"data", "verification": {...}, "explainability": {"original": ..., "jittered": ...}}`` in
+        plain JSON types.
+    """
+    from ecl import explain as explain_module
+
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     image_size = int(getattr(model, "image_size", 112))
-    dataset, pairs, explain_dataset = load_evaluation_data(args.data, image_size, args.max_images)
-    progress = not args.quiet
-    result = evaluate_pairs(
-        model,
-        dataset,
-        pairs,
-        flip=not args.no_flip,
-        batch_size=args.batch_size,
-        device=device,
-        progress=progress,
-    )
-    output: dict[str, Any] = {
-        "checkpoint": str(args.checkpoint),
-        "data": args.data,
-        "verification": result.to_dict(),
-    }
-    if explain_dataset is not None and not args.no_explain:
-        output["explainability"] = explain.explainability_report(
-            model,
-            explain_dataset,
-            batch_size=args.batch_size,
-            max_images=args.max_images,
-            device=device,
-            progress=progress,
+    dataset, pairs, explain_dataset = load_evaluation_data(data, image_size, max_images)
+    result = evaluate_pairs(model, dataset, pairs, flip=flip, batch_size=batch_size, device=device, progress=progress)
+    output: dict[str, Any] = {"data": data, "verification": result.to_dict(curves=curves)}
+    if explain_dataset is not None and explain:
+        output["explainability"] = explain_module.explainability_report(
+            model, explain_dataset, batch_size=batch_size, max_images=max_images, device=device, progress=progress
         )
+    return json.loads(json.dumps(output, default=_json_default))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``evaluate`` command: verification and explainability numbers as one JSON object."""
+    from ecl.train import load_run
+
+    model, _config = load_run(args.checkpoint, map_location="cpu")
+    output = {"checkpoint": str(args.checkpoint)}
+    output.update(
+        evaluate_model(
+            model, args.data, batch_size=args.batch_size, flip=not args.no_flip, explain=not args.no_explain,
+            max_images=args.max_images, device=args.device, progress=not args.quiet,
+        )
+    )
     text = json.dumps(output, default=_json_default)
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -549,6 +567,7 @@ __all__ = [
     "add_subparser",
     "balanced_folds",
     "equal_error_rate",
+    "evaluate_model",
     "evaluate_pairs",
     "extract_embeddings",
     "load_evaluation_data",

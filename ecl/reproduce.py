@@ -1,0 +1,508 @@
+"""The comparison the book reports: baseline (ArcFace) vs ECLoss vs ICNN filter loss vs SAD.
+
+:func:`method_config` turns one preset into the four methods with everything else (backbone, target
+layer, schedule, data) held fixed, so that differences come from the regulariser alone.
+:func:`run_grid` (``python -m ecl reproduce``) trains and evaluates every method over seeds and writes
+one JSON result per run under ``book/results/``; :func:`load_results`, :func:`results_frame` and
+:func:`summary_table` turn them into the book's tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ecl.config import ExperimentConfig, apply_overrides
+
+#: The methods compared, as overrides of a preset. SAD's gamma is a choice (the specification gives
+#: 0.01-0.1 as the range to try for the diversity term); the others keep the preset's weights.
+METHODS: dict[str, tuple[str, ...]] = {
+    "baseline": ("loss.method=none",),
+    "ecloss": ("loss.method=ecloss",),
+    "icnn": ("loss.method=icnn",),
+    "sad": ("loss.method=sad", "loss.gamma=0.1"),
+}
+
+
+def method_config(base: ExperimentConfig, method: str, seed: int | None = None) -> ExperimentConfig:
+    """The preset ``base`` trained with ``method``, optionally with another seed.
+
+    Args:
+        base: A preset, e.g. ``ecl.config.load_config("configs/faceparts-quick.yaml")``.
+        method: One of :data:`METHODS` (``baseline``, ``ecloss``, ``icnn``, ``sad``).
+        seed: Run seed (weights, data order); the data set itself keeps the preset's seed.
+
+    Returns:
+        A new config whose ``run.name`` is ``<preset name>-<method>[-seed<k>]``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {sorted(METHODS)}")
+    overrides = list(METHODS[method])
+    name = f"{base.run.name}-{method}"
+    if seed is not None:
+        overrides.append(f"run.seed={int(seed)}")
+        name += f"-seed{int(seed)}"
+    overrides.append(f"run.name={name}")
+    return apply_overrides(base, overrides)
+
+
+# ------------------------------------------------------------------------------------ the grid
+
+#: Version of the result files' layout; :func:`validate_result` checks it.
+SCHEMA = "ecl-result/1"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Study:
+    """One row of the grid: a preset, the data it is evaluated on, and where transfer is measured.
+
+    Attributes:
+        preset: Config file, relative to the repository root.
+        evaluate: ``--data`` spec of the evaluation (``{root}`` is replaced by the data root).
+        transfer: Further ``--data`` specs evaluated with the same models (explainability on data no
+            model saw), e.g. CelebA crops for the LFW models.
+        needs: Dataset folder that must exist under the data root (``None`` for built-in data).
+    """
+
+    preset: str
+    evaluate: str
+    transfer: tuple[str, ...] = ()
+    needs: str | None = None
+
+
+#: The ablations of the documented choices (METHOD section 4): each is ECLoss on the FaceParts grid preset
+#: with these overrides, one seed; the grid's ``faceparts`` ECLoss and baseline runs of that seed are the
+#: reference. Run with ``python -m ecl reproduce --studies ablations``.
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "lambda=0.3": ("loss.lambda=0.3",),
+    "lambda=10": ("loss.lambda=10",),
+    "beta=2": ("loss.beta=2",),
+    "beta=8": ("loss.beta=8",),
+    "gamma=0.05": ("loss.gamma=0.05",),
+    "peak=centroid": ("loss.peak=centroid",),
+    "forward mask": ("model.forward_mask=true",),
+    "target 7x7 (layer4)": ("model.target_layer=layer4",),
+}
+
+#: The studies of each profile. ``quick`` is the CPU grid (minutes per run); ``full`` the GPU one.
+PROFILES: dict[str, dict[str, Study]] = {
+    "quick": {
+        "faceparts": Study("configs/faceparts-grid.yaml", "faceparts"),
+        "lfw": Study("configs/lfw-quick.yaml", "lfw:{root}/lfw", ("celeba:{root}/celeba_subset",), needs="lfw"),
+    },
+    "full": {
+        "faceparts": Study("configs/faceparts-full.yaml", "faceparts"),
+        "lfw": Study("configs/lfw-full.yaml", "lfw:{root}/lfw", ("celeba:{root}/celeba_subset",), needs="lfw"),
+    },
+}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import timm
+    import torch
+
+    import ecl
+
+    return {"ecl": ecl.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": numpy.__version__}
+
+
+def result_path(results_dir: str | Path, study: str, method: str, seed: int) -> Path:
+    """Where the result of one run lives: ``<results_dir>/<study>-<method>-seed<k>.json``."""
+    return Path(results_dir) / f"{study}-{method}-seed{seed}.json"
+
+
+def run_one(
+    study_name: str,
+    study: Study,
+    method: str,
+    seed: int,
+    profile: str,
+    runs_root: str | Path = "runs",
+    data_root: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    max_images: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train (or load) one method and seed of a study, evaluate it, and return the result record."""
+    from ecl.config import config_to_dict, load_config
+    from ecl.evaluate import evaluate_model
+    from ecl.train import load_or_train
+
+    root = Path(data_root) if data_root else None
+    extra = list(overrides)
+    if study.needs is not None:
+        if root is None or not (root / study.needs).is_dir():
+            raise FileNotFoundError(
+                f"study {study_name!r} needs {study.needs}/ under --data-root (got {data_root}); "
+                f"see data/README.md to get it"
+            )
+        extra.append(f"data.root={root / study.needs}")
+    base = load_config(REPO / study.preset, extra)
+    config = method_config(base, method, seed)
+    start = time.perf_counter()
+    model, run_dir = load_or_train(config, root=runs_root)
+    train_seconds = time.perf_counter() - start
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [m for m in metrics if m.get("event") == "step"]
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "study": study_name,
+        "method": method,
+        "seed": int(seed),
+        "profile": profile,
+        "preset": study.preset,
+        "config": config_to_dict(config),
+        "git_commit": _git_commit(),
+        "versions": _versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "train": {
+            "steps": steps[-1]["step"] if steps else None,
+            "final_loss": steps[-1]["loss"] if steps else None,
+            "final_id_loss": steps[-1].get("id") if steps else None,
+            "seconds_this_call": round(train_seconds, 1),
+        },
+    }
+    spec = study.evaluate.format(root=root)
+    record["evaluation"] = evaluate_model(model, spec, max_images=max_images, device=device, curves=True)
+    _thin_roc(record["evaluation"]["verification"])
+    record["transfer"] = {}
+    for transfer in study.transfer:
+        spec = transfer.format(root=root)
+        record["transfer"][spec.split(":")[0]] = evaluate_model(model, spec, max_images=max_images, device=device)
+    return record
+
+
+def _thin_roc(verification: dict[str, Any], points: int = 200) -> None:
+    """Keep at most ``points`` ROC points (evenly spaced in index) so result files stay small."""
+    import numpy as np
+
+    fpr, tpr = verification.get("fpr"), verification.get("tpr")
+    if fpr is None or len(fpr) <= points:
+        return
+    keep = np.unique(np.linspace(0, len(fpr) - 1, points).round().astype(int))
+    verification["fpr"] = [fpr[i] for i in keep]
+    verification["tpr"] = [tpr[i] for i in keep]
+
+
+def run_grid(
+    profile: str = "quick",
+    studies: Iterable[str] | None = None,
+    methods: Iterable[str] | None = None,
+    seeds: Iterable[int] = (0, 1, 2),
+    runs_root: str | Path = "runs",
+    results_dir: str | Path = "book/results",
+    data_root: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    max_images: int | None = None,
+    device: str | None = None,
+    skip_existing: bool = True,
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
+    """Train and evaluate every (study, method, seed) of a profile; write one JSON result per run.
+
+    Runs are trained through :func:`ecl.train.load_or_train`, so an interrupted grid resumes where it
+    stopped; a result file that already exists is kept (``skip_existing``).
+
+    Returns:
+        The result files written or kept.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {sorted(PROFILES)}")
+    chosen = list(studies) if studies else list(PROFILES[profile])
+    unknown = [s for s in chosen if s not in PROFILES[profile] and s != "ablations"]
+    if unknown:
+        raise ValueError(f"unknown studies {unknown}: choose from {sorted(PROFILES[profile])}")
+    methods = list(methods) if methods else list(METHODS)
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in chosen:
+        if name == "ablations":
+            written += _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_images, device,
+                                      skip_existing, echo, seed=min(seeds))
+            continue
+        study = PROFILES[profile][name]
+        for seed in seeds:
+            for method in methods:
+                path = result_path(results_dir, name, method, seed)
+                if skip_existing and path.is_file():
+                    echo(f"   kept  {path}")
+                    written.append(path)
+                    continue
+                start = time.perf_counter()
+                record = run_one(name, study, method, seed, profile, runs_root, data_root, overrides, max_images, device)
+                problems = validate_result(record)
+                if problems:
+                    raise ValueError(f"result of {name}/{method}/seed {seed} is malformed: {problems}")
+                tmp = path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(record, indent=1) + "\n")
+                tmp.replace(path)
+                written.append(path)
+                echo(f"{time.perf_counter() - start:7.1f} s  {path}")
+    return written
+
+
+def ablation_slug(name: str) -> str:
+    """File-name form of an ablation name: ``"target 7x7 (layer4)"`` -> ``"target-7x7-layer4"``."""
+    return "-".join("".join(ch if ch.isalnum() or ch in ".=" else " " for ch in name).split())
+
+
+def _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_images, device, skip_existing, echo,
+                   seed: int = 0) -> list[Path]:
+    base = PROFILES[profile]["faceparts"]
+    written = []
+    for name, extra in ABLATIONS.items():
+        path = result_path(results_dir, f"ablation_{ablation_slug(name)}", "ecloss", seed)
+        if skip_existing and path.is_file():
+            echo(f"   kept  {path}")
+            written.append(path)
+            continue
+        start = time.perf_counter()
+        record = run_one(f"ablation: {name}", base, "ecloss", seed, profile, runs_root, data_root,
+                         [*overrides, *extra], max_images, device)
+        record["ablation"] = {"name": name, "overrides": list(extra)}
+        problems = validate_result(record)
+        if problems:
+            raise ValueError(f"ablation {name!r} result is malformed: {problems}")
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(path)
+        written.append(path)
+        echo(f"{time.perf_counter() - start:7.1f} s  {path}")
+    return written
+
+
+# ------------------------------------------------------------------------------- result files
+#: Top-level keys every result file has, and the type each must have.
+_REQUIRED = {
+    "schema": str, "study": str, "method": str, "seed": int, "profile": str, "preset": str, "config": dict,
+    "versions": dict, "created": str, "train": dict, "evaluation": dict, "transfer": dict,
+}
+
+
+def validate_result(record: Any) -> list[str]:
+    """Problems with a result record (empty when it matches the schema CI checks).
+
+    Checks the top-level keys and types, the schema version, the method name, and that the evaluation
+    holds verification numbers in range and an explainability report on original and jittered images.
+    """
+    problems: list[str] = []
+    if not isinstance(record, dict):
+        return ["a result must be a JSON object"]
+    for key, kind in _REQUIRED.items():
+        if key not in record:
+            problems.append(f"missing key {key!r}")
+        elif not isinstance(record[key], kind):
+            problems.append(f"{key!r} must be {kind.__name__}, got {type(record[key]).__name__}")
+    if problems:
+        return problems
+    if record["schema"] != SCHEMA:
+        problems.append(f"schema {record['schema']!r} is not {SCHEMA!r}")
+    if record["method"] not in METHODS:
+        problems.append(f"unknown method {record['method']!r}")
+    verification = record["evaluation"].get("verification", {})
+    for key in ("accuracy", "auc", "eer"):
+        value = verification.get(key)
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            problems.append(f"evaluation.verification.{key} must be a number in [0, 1], got {value!r}")
+    explainability = record["evaluation"].get("explainability", {})
+    for variant in ("original", "jittered"):
+        report = explainability.get(variant)
+        if not isinstance(report, dict):
+            problems.append(f"evaluation.explainability.{variant} is missing")
+            continue
+        for key in ("location_instability", "part_iou", "translation_tracking", "part_coverage"):
+            if not isinstance(report.get(key), dict):
+                problems.append(f"evaluation.explainability.{variant}.{key} is missing")
+    return problems
+
+
+def load_results(results_dir: str | Path = "book/results", validate: bool = True) -> list[dict[str, Any]]:
+    """Every run result under ``results_dir`` (files named ``<study>-<method>-seed<k>.json``)."""
+    records = []
+    for path in sorted(Path(results_dir).glob("*-seed*.json")):
+        record = json.loads(path.read_text())
+        if validate:
+            problems = validate_result(record)
+            if problems:
+                raise ValueError(f"{path}: {problems}")
+        record["_path"] = str(path)
+        records.append(record)
+    return records
+
+
+#: The headline numbers: (column name, path into a result's evaluation, whether lower is better).
+HEADLINE = (
+    ("verification accuracy", ("verification", "accuracy"), False),
+    ("AUC", ("verification", "auc"), False),
+    ("instability (jittered)", ("explainability", "jittered", "location_instability", "overall"), True),
+    ("instability (original)", ("explainability", "original", "location_instability", "overall"), True),
+    ("tracking (jittered)", ("explainability", "jittered", "translation_tracking", "mean"), False),
+    ("channels tracking >= 0.5", ("explainability", "jittered", "translation_tracking", "fraction_tracking"), False),
+    ("part detectors (jittered)", ("explainability", "jittered", "part_iou", "num_detectors"), False),
+    ("parts covered (jittered)", ("explainability", "jittered", "part_iou", "num_parts_covered"), False),
+    ("mean best IoU (jittered)", ("explainability", "jittered", "part_iou", "mean_best_iou"), False),
+)
+
+
+def _dig(obj: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def results_frame(records: Sequence[dict[str, Any]], source: str = "evaluation"):
+    """One row per run with the :data:`HEADLINE` numbers (``source``: ``"evaluation"`` or ``"transfer.<name>"``)."""
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        evaluation = record["evaluation"] if source == "evaluation" else _dig(record, source.split("."))
+        if evaluation is None:
+            continue
+        row = {"study": record["study"], "method": record["method"], "seed": record["seed"]}
+        for column, path, _ in HEADLINE:
+            value = _dig(evaluation, path)
+            row[column] = float(value) if isinstance(value, (int, float)) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(frame, study: str | None = None):
+    """Mean and std over seeds, per study and method, as ``"mean ± std"`` strings (and the seed count)."""
+    import pandas as pd
+
+    if study is not None:
+        frame = frame[frame["study"] == study]
+    order = [m for m in METHODS if m in set(frame["method"])]
+    columns = [c for c, _, _ in HEADLINE if c in frame.columns]
+    grouped = frame.groupby(["study", "method"])
+    mean, std, count = grouped[columns].mean(), grouped[columns].std(ddof=1), grouped["seed"].count()
+    table = pd.DataFrame(index=mean.index)
+    for column in columns:
+        table[column] = [
+            f"{m:.3f} ± {s:.3f}" if pd.notna(s) else (f"{m:.3f}" if pd.notna(m) else "n/a")
+            for m, s in zip(mean[column], std[column], strict=True)
+        ]
+    table["seeds"] = count
+    table = table.reset_index()
+    table["method"] = pd.Categorical(table["method"], categories=order, ordered=True)
+    return table.sort_values(["study", "method"]).set_index(["study", "method"])
+
+
+def compare_methods(frame, study: str, method: str = "ecloss", against: str = "baseline"):
+    """How ``method`` differs from ``against`` on every headline number of one study, over seeds.
+
+    "beyond noise" is a plain rule, stated so it can be checked: the difference of the means exceeds
+    twice its standard error, ``2 * sqrt(s_a^2 / n_a + s_b^2 / n_b)`` (sample standard deviations over
+    seeds). With three seeds this is a rough screen, not a significance test.
+
+    Returns:
+        A DataFrame indexed by metric: both means, the relative change, whether the change is in the
+        better direction, and whether it is beyond that noise level.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rows = {}
+    sub = frame[frame["study"] == study]
+    a, b = sub[sub["method"] == method], sub[sub["method"] == against]
+    if a.empty or b.empty:
+        return pd.DataFrame()
+    for column, _, lower_is_better in HEADLINE:
+        mean_a, mean_b = a[column].mean(), b[column].mean()
+        se = np.sqrt(a[column].var(ddof=1) / len(a) + b[column].var(ddof=1) / len(b)) if min(len(a), len(b)) > 1 else np.nan
+        diff = mean_a - mean_b
+        rows[column] = {
+            against: mean_b, method: mean_a,
+            "relative change": diff / abs(mean_b) if mean_b else np.nan,
+            "better": bool(diff < 0) if lower_is_better else bool(diff > 0),
+            "beyond noise": bool(abs(diff) > 2 * se) if np.isfinite(se) and se > 0 else bool(diff != 0 and se == 0),
+        }
+    return pd.DataFrame(rows).T
+
+
+def markdown_table(table) -> str:
+    """A DataFrame (with a possibly multi-level index) as a GitHub markdown table."""
+    frame = table.reset_index()
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_subparser(subparsers) -> None:
+    """Register ``python -m ecl reproduce``."""
+    parser = subparsers.add_parser(
+        "reproduce",
+        help="train and evaluate baseline, ECLoss, ICNN and SAD over seeds; write book/results/*.json",
+        description=(
+            "Run the comparison the book reports: for each study of the profile (FaceParts; LFW when the "
+            "data root holds lfw/), train baseline (ArcFace), ECLoss, ICNN filter loss and SAD for each seed "
+            "with the same backbone, target layer, schedule and data, evaluate verification and "
+            "explainability (original and jittered images), and write one JSON file per run with the config, "
+            "seed, git commit and library versions. Finished runs and results are reused."
+        ),
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                        help="quick: the CPU grid; full: the GPU grid")
+    parser.add_argument("--studies", nargs="+", default=None,
+                        help="subset of: faceparts lfw ablations (default: faceparts lfw; ablations: one seed of "
+                             "ECLoss per documented choice)")
+    parser.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), help="default: all four")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding lfw/ and celeba_subset/ (needed for the lfw study)")
+    parser.add_argument("--runs", default="runs", help="run folders (default: runs)")
+    parser.add_argument("--results", default="book/results", help="result files (default: book/results)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides applied to every run (they change the run folders)")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate on fewer images (a quick look)")
+    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    parser.add_argument("--redo", action="store_true", help="recompute result files that exist")
+    parser.add_argument("--summary", action="store_true",
+                        help="train nothing: print the mean ± std table of the results in --results as markdown")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.summary:
+        records = load_results(args.results)
+        if not records:
+            print(f"error: no results in {args.results}: run python -m ecl reproduce first", file=sys.stderr)
+            return 1
+        print(markdown_table(summary_table(results_frame(records))))
+        return 0
+    try:
+        run_grid(
+            profile=args.profile, studies=args.studies, methods=args.methods, seeds=args.seeds,
+            runs_root=args.runs, results_dir=args.results, data_root=args.data_root, overrides=args.set,
+            max_images=args.max_images, device=args.device, skip_existing=not args.redo,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

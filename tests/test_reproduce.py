@@ -1,0 +1,113 @@
+"""The comparison grid's plumbing: method configs, result records, the committed results and their tables."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from ecl.config import load_config
+from ecl.reproduce import (
+    METHODS,
+    SCHEMA,
+    load_results,
+    method_config,
+    result_path,
+    results_frame,
+    summary_table,
+    validate_result,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _record(method: str = "ecloss", seed: int = 0, accuracy: float = 0.9, instability: float = 0.05) -> dict:
+    report = {
+        "location_instability": {"overall": instability},
+        "part_iou": {"num_detectors": 3, "num_parts_covered": 2, "mean_best_iou": 0.05},
+        "translation_tracking": {"mean": 0.6, "fraction_tracking": 0.5},
+        "part_coverage": {"channels_per_part": {}},
+    }
+    return {
+        "schema": SCHEMA, "study": "faceparts", "method": method, "seed": seed, "profile": "quick",
+        "preset": "configs/faceparts-quick.yaml", "config": {}, "versions": {}, "created": "2026-01-01T00:00:00+00:00",
+        "train": {}, "transfer": {},
+        "evaluation": {"verification": {"accuracy": accuracy, "auc": 0.95, "eer": 0.1},
+                       "explainability": {"original": report, "jittered": copy.deepcopy(report)}},
+    }
+
+
+def test_method_configs_differ_only_in_the_regulariser_and_seed():
+    base = load_config(REPO / "configs" / "faceparts-quick.yaml")
+    configs = {m: method_config(base, m, seed=1) for m in METHODS}
+    assert {c.loss.method for c in configs.values()} == {"none", "ecloss", "icnn", "sad"}
+    for config in configs.values():
+        assert config.model == base.model and config.optim == base.optim and config.data == base.data
+        assert config.run.seed == 1
+    assert len({c.run.name for c in configs.values()}) == 4
+    assert configs["sad"].loss.gamma > 0, "SAD without a diversity weight would be the baseline"
+    with pytest.raises(ValueError, match="unknown method"):
+        method_config(base, "arcface")
+
+
+def test_validate_result_accepts_a_good_record_and_names_problems():
+    assert validate_result(_record()) == []
+    bad = _record()
+    del bad["evaluation"]["explainability"]["jittered"]
+    bad["evaluation"]["verification"]["accuracy"] = 1.5
+    problems = validate_result(bad)
+    assert any("jittered" in p for p in problems) and any("accuracy" in p for p in problems)
+    assert validate_result({"schema": SCHEMA}) and validate_result([]) == ["a result must be a JSON object"]
+
+
+def test_summary_table_gives_mean_and_std_over_seeds(tmp_path):
+    for seed, acc in enumerate([0.8, 0.9, 1.0]):
+        result_path(tmp_path, "faceparts", "ecloss", seed).write_text(json.dumps(_record("ecloss", seed, acc)))
+        result_path(tmp_path, "faceparts", "baseline", seed).write_text(json.dumps(_record("baseline", seed, 0.5)))
+    table = summary_table(results_frame(load_results(tmp_path)))
+    assert table.loc[("faceparts", "ecloss"), "verification accuracy"] == "0.900 ± 0.100"
+    assert table.loc[("faceparts", "baseline"), "seeds"] == 3
+    assert list(table.index.get_level_values("method")) == ["baseline", "ecloss"]
+
+
+def test_load_results_rejects_a_malformed_file(tmp_path):
+    result_path(tmp_path, "faceparts", "ecloss", 0).write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(ValueError, match="faceparts-ecloss-seed0.json"):
+        load_results(tmp_path)
+
+
+def test_committed_results_match_the_schema():
+    records = load_results(REPO / "book" / "results")
+    for record in records:
+        assert record["method"] in METHODS
+        assert Path(REPO / record["preset"]).is_file(), f"{record['_path']}: preset {record['preset']} is gone"
+
+
+def test_compare_methods_flags_a_clear_improvement_and_ignores_noise(tmp_path):
+    from ecl.reproduce import compare_methods
+
+    for seed in range(3):
+        # ECLoss: instability clearly lower (0.05 vs 0.10, tiny spread); accuracy within noise.
+        result_path(tmp_path, "faceparts", "ecloss", seed).write_text(
+            json.dumps(_record("ecloss", seed, accuracy=0.80 + 0.05 * seed, instability=0.050 + 0.001 * seed)))
+        result_path(tmp_path, "faceparts", "baseline", seed).write_text(
+            json.dumps(_record("baseline", seed, accuracy=0.82 + 0.05 * seed, instability=0.100 + 0.001 * seed)))
+    table = compare_methods(results_frame(load_results(tmp_path)), "faceparts")
+    row = table.loc["instability (jittered)"]
+    assert row["better"] and row["beyond noise"] and row["relative change"] == pytest.approx(-0.5, abs=0.01)
+    acc = table.loc["verification accuracy"]
+    assert not acc["better"] and not acc["beyond noise"]
+
+
+def test_summary_cli_prints_a_markdown_table(tmp_path, capsys):
+    from ecl.cli import main
+
+    for seed in range(2):
+        result_path(tmp_path, "faceparts", "ecloss", seed).write_text(json.dumps(_record("ecloss", seed)))
+    assert main(["reproduce", "--summary", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| study | method | verification accuracy")
+    assert out[2].startswith("| faceparts | ecloss | 0.900 ± 0.000")
+    assert main(["reproduce", "--summary", "--results", str(tmp_path / "none")]) == 1
