@@ -111,3 +111,24 @@ def test_summary_cli_prints_a_markdown_table(tmp_path, capsys):
     assert out[0].startswith("| study | method | verification accuracy")
     assert out[2].startswith("| faceparts | ecloss | 0.900 ± 0.000")
     assert main(["reproduce", "--summary", "--results", str(tmp_path / "none")]) == 1
+
+
+def test_readme_results_block_matches_the_committed_results():
+    from ecl.reproduce import README_END, README_START, readme_block
+
+    text = (REPO / "README.md").read_text()
+    block = text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
+    assert block == readme_block(load_results(REPO / "book" / "results")).strip(), (
+        "README's results table is stale: python -m ecl reproduce --summary --update-readme README.md"
+    )
+
+
+def test_update_readme_rewrites_only_the_block(tmp_path):
+    from ecl.reproduce import README_END, README_START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_START}\nold\n{README_END}\n\nrest\n")
+    assert update_readme(readme, [_record("ecloss", 0)])
+    text = readme.read_text()
+    assert text.startswith("# x\n\n") and text.endswith("\n\nrest\n") and "| faceparts | ecloss |" in text
+    assert not update_readme(readme, [_record("ecloss", 0)])
