@@ -34,9 +34,12 @@ Approximations, stated where they are made:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -1131,6 +1134,1080 @@ def explainability_report(
     return {name: explainability_metrics(model, data, **kwargs) for name, data in copies.items()}
 
 
+# --------------------------------------------------------------------------- explaining a match
+#
+# Which face parts made two faces similar? With channels that are part detectors, a pair of images
+# gets one similarity per part (eyes, brows, nose, mouth, hair, skin) next to the embedding's own.
+
+PART_GROUPS: dict[str, tuple[str, ...]] = {
+    "eyes": ("left_eye", "right_eye"),
+    "brows": ("left_brow", "right_brow"),
+    "nose": ("nose",),
+    "mouth": ("mouth",),
+    "hair": ("hair",),
+    "skin": ("skin",),
+}
+"""Parts of a pair breakdown and the fine parts (FaceParts ``part_names``) each one joins.
+
+The first five are FaceParts' ``CHIMERA_PARTS``, the parts the part-swap game exchanges."""
+
+LANDMARK_GROUPS: dict[str, str] = {
+    "left_eye": "eyes",
+    "right_eye": "eyes",
+    "nose": "nose",
+    "left_mouth": "mouth",
+    "right_mouth": "mouth",
+}
+"""Breakdown part of each of the 5 standard landmarks, for reference data without part masks."""
+
+ASSIGNMENT_FILE = "part_assignment.json"
+"""File name of a run's part assignment (``<run_dir>/part_assignment.json``)."""
+
+DESCRIPTORS = ("attention", "peak")
+"""Part descriptors ``explain_pair`` knows (see ``part_similarity``)."""
+
+
+@dataclass
+class PartAssignment:
+    """Which target-layer channels belong to which face part, with what the breakdown needs to use them.
+
+    Made by ``assign_parts`` from a reference set; saved as JSON next to a run
+    (``save(run_dir)`` writes ``run_dir/part_assignment.json``) and read back with ``load``.
+
+    Attributes:
+        part_names: the fine parts (or landmarks) channels are assigned to, e.g. FaceParts'
+            ``left_eye, right_eye, left_brow, right_brow, nose, mouth, hair, skin``.
+        assigned: int (C,) index into ``part_names`` per channel, -1 for none.
+        reference_peak: (C,) each channel's typical peak: the median over the reference images
+            where it fires of its maximum activation (1 for a channel that never fired). Activations
+            are divided by it so that every channel weighs alike in a descriptor, and a part whose
+            channels peak far below it is taken as occluded.
+        groups: breakdown part -> the fine parts it joins (``PART_GROUPS`` by default).
+        source: breakdown part -> how its channels were chosen: ``"detector"`` (part IoU above the
+            threshold), ``"best part by IoU"``, ``"highest IoU"`` (the fallbacks of
+            ``assign_parts``) or ``"nearest landmark"``.
+        method: ``"part_iou"`` or ``"landmark"``.
+        iou_threshold: the detector threshold used. num_reference_images: N of the reference set.
+        best_iou: (C,) each channel's best part IoU, when part masks were available.
+    """
+
+    part_names: tuple[str, ...]
+    assigned: np.ndarray
+    reference_peak: np.ndarray
+    groups: dict[str, tuple[str, ...]]
+    source: dict[str, str] = field(default_factory=dict)
+    method: str = "part_iou"
+    iou_threshold: float = 0.04
+    num_reference_images: int = 0
+    best_iou: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.part_names = tuple(self.part_names)
+        self.assigned = np.asarray(self.assigned, dtype=np.int64)
+        self.reference_peak = np.asarray(self.reference_peak, dtype=np.float64)
+        self.groups = {name: tuple(parts) for name, parts in self.groups.items()}
+        if self.assigned.shape != self.reference_peak.shape or self.assigned.ndim != 1:
+            raise ValueError(
+                f"assigned and reference_peak must both be (C,); got {self.assigned.shape} and "
+                f"{self.reference_peak.shape}"
+            )
+        if (self.assigned >= len(self.part_names)).any() or (self.assigned < -1).any():
+            raise ValueError(f"assigned holds indices outside -1..{len(self.part_names) - 1}")
+        unknown = {p for parts in self.groups.values() for p in parts} - set(self.part_names)
+        if unknown:
+            raise ValueError(f"groups name parts that are not in part_names: {sorted(unknown)}")
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.assigned)
+
+    def part_channels(self, part: str) -> np.ndarray:
+        """Channel indices assigned to one fine part (e.g. ``"left_eye"``)."""
+        if part not in self.part_names:
+            raise KeyError(f"unknown part {part!r}; parts: {', '.join(self.part_names)}")
+        return np.flatnonzero(self.assigned == self.part_names.index(part))
+
+    def channels(self, group: str) -> np.ndarray:
+        """Channel indices of one breakdown part (e.g. ``"eyes"``: both eyes' channels)."""
+        if group not in self.groups:
+            raise KeyError(f"unknown breakdown part {group!r}; parts: {', '.join(self.groups)}")
+        ids = [self.part_names.index(p) for p in self.groups[group]]
+        return np.flatnonzero(np.isin(self.assigned, ids))
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """Breakdown parts with at least one channel, in ``groups`` order."""
+        return tuple(g for g in self.groups if len(self.channels(g)))
+
+    def membership(self, groups: Sequence[str] | None = None) -> np.ndarray:
+        """float32 (G, C): 1 where channel c belongs to breakdown part g."""
+        groups = self.group_names if groups is None else tuple(groups)
+        out = np.zeros((len(groups), self.num_channels), dtype=np.float32)
+        for g, name in enumerate(groups):
+            out[g, self.channels(name)] = 1.0
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types."""
+        return {
+            "part_names": list(self.part_names),
+            "assigned": self.assigned.tolist(),
+            "reference_peak": [float(v) for v in self.reference_peak],
+            "groups": {name: list(parts) for name, parts in self.groups.items()},
+            "source": dict(self.source),
+            "method": self.method,
+            "iou_threshold": float(self.iou_threshold),
+            "num_reference_images": int(self.num_reference_images),
+            "best_iou": None if self.best_iou is None else [float(v) for v in self.best_iou],
+            "channels_per_part": {g: int(len(self.channels(g))) for g in self.groups},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PartAssignment:
+        return cls(
+            part_names=tuple(data["part_names"]),
+            assigned=np.asarray(data["assigned"]),
+            reference_peak=np.asarray(data["reference_peak"]),
+            groups=data["groups"],
+            source=dict(data.get("source", {})),
+            method=data.get("method", "part_iou"),
+            iou_threshold=float(data.get("iou_threshold", 0.04)),
+            num_reference_images=int(data.get("num_reference_images", 0)),
+            best_iou=None if data.get("best_iou") is None else np.asarray(data["best_iou"], dtype=np.float64),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON to ``path``, or to ``path/part_assignment.json`` when ``path`` is a folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / ASSIGNMENT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        tmp.replace(path)  # atomic: a reader never sees half a file
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PartAssignment:
+        """Read a saved assignment: a JSON file, a run folder, or a checkpoint folder inside one.
+
+        Raises:
+            FileNotFoundError: no ``part_assignment.json`` there (the message says how to make one).
+        """
+        path = Path(path)
+        candidates = [path] if path.suffix == ".json" else [
+            path / ASSIGNMENT_FILE, path.parent / ASSIGNMENT_FILE, path.parent.parent / ASSIGNMENT_FILE
+        ]  # fmt: skip
+        for candidate in candidates:
+            if candidate.is_file():
+                try:
+                    return cls.from_dict(json.loads(candidate.read_text()))
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ValueError(f"{candidate} is not a valid part assignment: {err}") from err
+        raise FileNotFoundError(
+            f"no part assignment at {path} (looked for {ASSIGNMENT_FILE} in the run folder): make one with "
+            f"`python -m ecl assign-parts --checkpoint {path}` or "
+            "`ecl.explain.assign_parts(model, reference_dataset).save(run_dir)`"
+        )
+
+
+def _fallback_assignment(
+    iou: PartIoUResult, groups: dict[str, tuple[str, ...]]
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Detectors keep their part; a breakdown part without any detector borrows non-detectors.
+
+    For such a part, first the non-detector channels whose best part (by IoU) is one of its fine
+    parts; if there are none, the one non-detector channel with the highest IoU on it. So when no
+    channel at all passes the threshold, every channel goes to its best part by IoU.
+    """
+    assigned = iou.assigned.copy()
+    index = {name: i for i, name in enumerate(iou.part_names)}
+    source: dict[str, str] = {}
+    for group, parts in groups.items():
+        ids = [index[p] for p in parts if p in index]
+        if not ids:
+            continue
+        if np.isin(assigned, ids).any():
+            source[group] = "detector"
+            continue
+        free = assigned < 0
+        best = free & np.isin(iou.best_part, ids)
+        if best.any():
+            assigned[best] = iou.best_part[best]
+            source[group] = "best part by IoU"
+            continue
+        scores = np.where(free[:, None], iou.iou[:, ids], -1.0)
+        if scores.size and scores.max() > 0:
+            channel, k = np.unravel_index(int(scores.argmax()), scores.shape)
+            assigned[channel] = ids[k]
+            source[group] = "highest IoU"
+    return assigned, source
+
+
+@torch.no_grad()
+def assign_parts(
+    model: nn.Module,
+    reference_dataset: torch.utils.data.Dataset,
+    batch_size: int = 64,
+    iou_threshold: float = 0.04,
+    quantile: float = 0.005,
+    max_images: int | None = None,
+    groups: dict[str, tuple[str, ...]] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> PartAssignment:
+    """Assign target-layer channels to face parts on a reference set, for ``explain_pair``.
+
+    With part masks (FaceParts, or 68 landmarks drawn into masks): the Network Dissection part IoU of
+    ``collect_activations``; a channel with IoU above ``iou_threshold`` goes to its best part.
+    Fallback, so that a weak model (such as a baseline) still gets a breakdown: a breakdown part
+    with no detector takes the non-detector channels whose best part by IoU is one of its fine
+    parts, else the one non-detector channel with the highest IoU on it (``PartAssignment.source``
+    says which rule gave each part its channels). When no channel passes the threshold, every
+    channel thus goes to its best part by IoU. Without masks but with the 5 standard landmarks:
+    ``landmark_assignment`` (eyes, nose, mouth only).
+
+    Args:
+        model: the face model. reference_dataset: images with "masks" or "landmarks", never the
+            pairs to be explained (use held-out identities).
+        batch_size: images per forward pass. iou_threshold, quantile: as ``part_iou_from_stats``.
+        max_images: use the first N images only. groups: breakdown parts (default ``PART_GROUPS``).
+        device: default the model's device. progress: show a progress bar.
+
+    Returns:
+        ``PartAssignment``; ``.save(run_dir)`` keeps it with the run.
+    """
+    dataset = reference_dataset
+    if max_images is not None and len(dataset) > max_images:
+        dataset = torch.utils.data.Subset(dataset, range(max_images))
+    part_names = tuple(_dataset_attr(dataset, "part_names", ()) or ())
+    landmark_names = tuple(_dataset_attr(dataset, "landmark_names", ()) or ())
+    probe = dataset[0]
+    if "masks" not in probe and np.asarray(probe.get("landmarks", np.zeros((0, 2)))).shape[0] == 68:
+        dataset, part_names = LandmarkPartMasks(dataset), LANDMARK_PART_NAMES
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    stats = collect_activations(
+        model, loader, device=device, quantile=quantile, progress=progress,
+        landmark_names=landmark_names, part_names=part_names,
+    )  # fmt: skip
+    fired = stats.fired
+    masked = np.where(fired, stats.max_activation, np.nan)
+    with np.errstate(all="ignore"):
+        reference = np.where(fired.any(0), np.nanmedian(np.where(fired.any(0), masked, 0.0), axis=0), 1.0)
+    reference = np.where(np.isfinite(reference) & (reference > 0), reference, 1.0)
+    if stats.iou_tallies is not None:
+        iou = part_iou_from_stats(stats, iou_threshold)
+        chosen = {
+            g: tuple(p for p in parts if p in part_names) for g, parts in (groups or PART_GROUPS).items()
+        }
+        chosen = {g: parts for g, parts in chosen.items() if parts}
+        assigned, source = _fallback_assignment(iou, chosen)
+        return PartAssignment(
+            part_names=part_names, assigned=assigned, reference_peak=reference, groups=chosen, source=source,
+            method="part_iou", iou_threshold=iou_threshold, num_reference_images=stats.num_images,
+            best_iou=iou.best_iou,
+        )  # fmt: skip
+    if stats.landmarks is not None and np.isfinite(stats.landmarks).any():
+        names = landmark_names or tuple(f"landmark_{k}" for k in range(stats.landmarks.shape[1]))
+        chosen: dict[str, list[str]] = {}
+        for name in names:
+            if name in LANDMARK_GROUPS:
+                chosen.setdefault(LANDMARK_GROUPS[name], []).append(name)
+        if groups is not None:
+            chosen = {g: list(parts) for g, parts in groups.items()}
+        assigned = landmark_assignment(stats)
+        return PartAssignment(
+            part_names=names, assigned=assigned, reference_peak=reference,
+            groups={g: tuple(p) for g, p in chosen.items()},
+            source={g: "nearest landmark" for g in chosen}, method="landmark", iou_threshold=iou_threshold,
+            num_reference_images=stats.num_images,
+        )  # fmt: skip
+    raise ValueError(
+        "assign_parts needs a reference set with part masks ('masks') or landmarks; "
+        "use FaceParts (ecl.data.build_dataset('faceparts', split='test')) or a dataset with landmarks"
+    )
+
+
+def part_similarity(
+    activations_a: torch.Tensor,
+    activations_b: torch.Tensor,
+    assignment: PartAssignment,
+    descriptor: str = "attention",
+    groups: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-part cosine similarity of two batches of target activations.
+
+    Every channel is first divided by its ``reference_peak`` (so that all channels weigh alike).
+    The part descriptor is a documented choice:
+
+    - ``"attention"`` (default): the sum of the part's own channels is a spatial attention map
+      (normalised to sum 1); the descriptor is the vector of *all* C channels pooled under it. The
+      part channels say *where* the part is, all channels say what it looks like there, so a part
+      with a single channel still gets a C-dimensional descriptor.
+    - ``"peak"``: the peak (spatial maximum) of each of the part's own channels, concatenated, as
+      "eyes 3 channels -> a 3-vector". With a single channel the cosine is 1 whenever it fires.
+
+    Cosine of two descriptors; 0 when the part is found in one image only (its channels are silent
+    in the other), NaN when in neither.
+
+    Args:
+        activations_a, activations_b: (B, C, H, W) target activations of the two images of each pair.
+        assignment: the channel -> part assignment. descriptor: ``"attention"`` or ``"peak"``.
+        groups: breakdown parts to score (default ``assignment.group_names``).
+
+    Returns:
+        ``(similarity (B, G) float32, attention_a (B, G, H, W), attention_b (B, G, H, W))``; the
+        attention maps are the summed normalised channels of each part (what the part channels see).
+    """
+    if descriptor not in DESCRIPTORS:
+        raise ValueError(f"descriptor must be one of {DESCRIPTORS}; got {descriptor!r}")
+    if activations_a.shape != activations_b.shape or activations_a.ndim != 4:
+        raise ValueError(
+            f"activations_a and activations_b must both be (B, C, H, W); got {tuple(activations_a.shape)} "
+            f"and {tuple(activations_b.shape)}"
+        )
+    c = activations_a.shape[1]
+    if c != assignment.num_channels:
+        raise ValueError(
+            f"the assignment is for a target layer of {assignment.num_channels} channels but the activations "
+            f"have {c}: was it made for another model? Make a new one with assign_parts(model, reference)"
+        )
+    groups = assignment.group_names if groups is None else tuple(groups)
+    device = activations_a.device
+    member = torch.as_tensor(assignment.membership(groups), device=device)  # (G, C)
+    scale = torch.as_tensor(assignment.reference_peak, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def describe(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        normed = activations.float().clamp_min(0) / scale
+        attention = torch.einsum("gc,bchw->bghw", member, normed)
+        if descriptor == "attention":
+            mass = attention.sum((2, 3))  # (B, G)
+            weights = attention / mass.clamp_min(1e-12)[..., None, None]
+            desc = torch.einsum("bghw,bchw->bgc", weights, normed)
+        else:
+            desc = normed.amax((2, 3))[:, None, :] * member[None]
+        return desc, desc.norm(dim=-1), attention
+
+    desc_a, norm_a, attention_a = describe(activations_a)
+    desc_b, norm_b, attention_b = describe(activations_b)
+    cosine = (desc_a * desc_b).sum(-1) / (norm_a * norm_b).clamp_min(1e-12)
+    found_a, found_b = norm_a > 0, norm_b > 0
+    similarity = torch.where(found_a & found_b, cosine, torch.zeros_like(cosine))
+    similarity = torch.where(found_a | found_b, similarity, torch.full_like(cosine, float("nan")))
+    return similarity, attention_a, attention_b
+
+
+def _target_module(model: nn.Module) -> nn.Module | None:
+    """The tapped module of a ``FaceModel`` (None for other models)."""
+    backbone, name = getattr(model, "backbone", None), getattr(model, "target_layer", None)
+    if isinstance(backbone, nn.Module) and isinstance(name, str):
+        return dict(backbone.named_modules()).get(name)
+    return None
+
+
+@contextmanager
+def _tap_target(model: nn.Module, keep: torch.Tensor | None = None):
+    """Capture the target layer's output *as it flows on* (for gradients), optionally scaling channels.
+
+    ``FaceModel`` returns ``relu(output)`` as its activations, a copy that the embedding does not
+    depend on, so gradients must be taken at the module's output itself. ``keep`` (B, C) multiplies
+    the channels of what flows on (``occlusion_verification`` zeroes the channels of occluded parts).
+    """
+    module = _target_module(model)
+    store: dict[str, torch.Tensor] = {}
+    if module is None:
+        if keep is not None:
+            raise TypeError(
+                "ignoring channels needs a FaceModel (a model with .backbone and .target_layer); "
+                f"got {type(model).__name__}"
+            )
+        yield store
+        return
+
+    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if keep is not None:
+            output = output * keep.to(output.device, output.dtype)[:, :, None, None]
+        store["output"] = output
+        return output if keep is not None else None
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def _forward_pair(
+    model: nn.Module, images_a: torch.Tensor, images_b: torch.Tensor, saliency: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One forward pass of both images of every pair: ``(cosine (B,), activations (2B, C, H, W),
+    Grad-CAM map (2B, H, W) or None)``; rows ``:B`` are image a, ``B:`` image b."""
+    b = images_a.shape[0]
+    images = torch.cat([images_a, images_b])
+    if not saliency:
+        with torch.no_grad():
+            embeddings, activations = split_output(model(images))
+        if activations is None or activations.ndim != 4:
+            raise ValueError("the model must return (embeddings, activations) with activations (B, C, H, W)")
+        e = F.normalize(embeddings.float(), dim=1)
+        return (e[:b] * e[b:]).sum(1), activations.float(), None
+    with torch.enable_grad(), _tap_target(model) as store:
+        embeddings, activations = split_output(model(images))
+        if activations is None or activations.ndim != 4:
+            raise ValueError("the model must return (embeddings, activations) with activations (B, C, H, W)")
+        target = store.get("output", activations)
+        if not target.requires_grad:
+            raise ValueError(
+                "similarity saliency needs embeddings that depend differentiably on the target activations "
+                "(a FaceModel, or a model whose returned activations feed its embeddings)"
+            )
+        e = F.normalize(embeddings.float(), dim=1)
+        cosine = (e[:b] * e[b:]).sum(1)
+        (grad,) = torch.autograd.grad(cosine.sum(), target)
+    # Grad-CAM: channel weights are the spatial mean of the gradient; the map is kept signed
+    # (negative = the region pulls the two embeddings apart), ReLU is for display only.
+    cam = (grad.float().mean((2, 3), keepdim=True) * target.detach().float()).sum(1)
+    return cosine.detach(), activations.detach().float(), cam
+
+
+def similarity_saliency(
+    model: nn.Module,
+    images_a: torch.Tensor,
+    images_b: torch.Tensor,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grad-CAM of the embedding cosine similarity, for both images of every pair.
+
+    For pair (a, b) with ``s = cos(e_a, e_b)``: ``w_c = mean_{h,w} ds/dA_c`` and
+    ``map = sum_c w_c A_c`` on the target layer, for A the activations of image a (and of b). The
+    map is signed: positive where the region makes the two faces similar, negative where it pulls
+    them apart. Apply ReLU to draw it the usual Grad-CAM way.
+
+    Args:
+        model: a ``FaceModel`` (or a model whose returned activations feed its embeddings).
+        images_a, images_b: (B, 3, S, S) in [0, 1]. device: default the model's device.
+
+    Returns:
+        ``(saliency_a (B, H, W), saliency_b (B, H, W), similarity (B,))`` on the CPU.
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        cosine, _, cam = _forward_pair(model, images_a.to(device), images_b.to(device), saliency=True)
+    finally:
+        model.train(was_training)
+    b = images_a.shape[0]
+    return cam[:b].cpu(), cam[b:].cpu(), cosine.cpu()
+
+
+@dataclass
+class PairExplanation:
+    """Why two faces are (dis)similar, part by part.
+
+    Attributes:
+        overall: cosine similarity of the two embeddings (the model's own verdict).
+        parts: breakdown part -> cosine similarity of its descriptors (None: found in neither image).
+        num_channels: breakdown part -> how many channels it has.
+        descriptor: the descriptor used (see ``part_similarity``).
+        part_maps_a, part_maps_b: (G, H, W) each part's summed normalised channels, parts in
+            ``parts`` order (what the part channels see).
+        saliency_a, saliency_b: (H, W) signed similarity Grad-CAM (``similarity_saliency``), or None.
+    """
+
+    overall: float
+    parts: dict[str, float | None]
+    num_channels: dict[str, int]
+    descriptor: str
+    part_maps_a: np.ndarray = field(repr=False)
+    part_maps_b: np.ndarray = field(repr=False)
+    saliency_a: np.ndarray | None = field(default=None, repr=False)
+    saliency_b: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def least_similar(self) -> str | None:
+        """The part with the lowest similarity (None when no part has one)."""
+        scored = {k: v for k, v in self.parts.items() if v is not None}
+        return min(scored, key=scored.get) if scored else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The breakdown in plain JSON types (no maps)."""
+        return {
+            "overall": _float(self.overall),
+            "parts": {k: (None if v is None else _float(v)) for k, v in self.parts.items()},
+            "least_similar": self.least_similar,
+            "num_channels": dict(self.num_channels),
+            "descriptor": self.descriptor,
+        }
+
+
+def _as_image_batch(image: Any, name: str) -> torch.Tensor:
+    """A (3, S, S) or (1, 3, S, S) float tensor in [0, 1], or an (S, S, 3) uint8 array -> (1, 3, S, S)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        image = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a (3, S, S) float tensor in [0, 1] or an (S, S, 3) uint8 array; "
+            f"got {type(image).__name__}"
+        )
+    image = image.float()
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[:2] != (1, 3):
+        raise ValueError(f"{name} must have shape (3, S, S) (one RGB image); got {tuple(image.shape)}")
+    if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+        raise ValueError(f"{name} must hold values in [0, 1] (divide uint8 images by 255)")
+    return image
+
+
+def explain_pair(
+    model: nn.Module,
+    image_a: Any,
+    image_b: Any,
+    assignment: PartAssignment | None = None,
+    descriptor: str = "attention",
+    saliency: bool = True,
+    device: str | torch.device | None = None,
+) -> PairExplanation:
+    """Which face parts made two faces similar: a per-part similarity breakdown of one pair.
+
+    Each breakdown part (eyes, brows, nose, mouth, hair, skin) gets the cosine similarity of its
+    descriptor in the two images (``part_similarity``), read from the target-layer channels
+    ``assignment`` gives it; the embedding cosine comes beside it, and, with ``saliency``, the
+    similarity Grad-CAM of each image (``similarity_saliency``). Symmetric: swapping the images
+    swaps the maps and keeps every number.
+
+    Args:
+        model: the face model (``forward(images) -> (embeddings, activations)``), in eval mode here.
+        image_a, image_b: (3, S, S) float tensors in [0, 1] (or (S, S, 3) uint8 arrays) of the
+            model's input size.
+        assignment: ``assign_parts(model, reference)`` or ``PartAssignment.load(run_dir)``.
+        descriptor: ``"attention"`` (default) or ``"peak"``, see ``part_similarity``.
+        saliency: also compute the two similarity saliency maps. device: default the model's device.
+
+    Returns:
+        ``PairExplanation``; ``.to_dict()`` is the JSON breakdown.
+
+    Shape:
+        ``part_maps_*`` (G, H, W) and ``saliency_*`` (H, W) at the target layer's resolution.
+    """
+    if assignment is None:
+        raise ValueError(
+            "explain_pair needs a part assignment: assign_parts(model, reference_dataset) or "
+            "PartAssignment.load(run_dir)"
+        )
+    batch_a, batch_b = _as_image_batch(image_a, "image_a"), _as_image_batch(image_b, "image_b")
+    if batch_a.shape != batch_b.shape:
+        raise ValueError(
+            f"image_a and image_b must have the same size; got {tuple(batch_a.shape[1:])} and "
+            f"{tuple(batch_b.shape[1:])}"
+        )
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        cosine, activations, cam = _forward_pair(model, batch_a.to(device), batch_b.to(device), saliency)
+    finally:
+        model.train(was_training)
+    groups = assignment.group_names
+    similarity, maps_a, maps_b = part_similarity(
+        activations[:1], activations[1:], assignment, descriptor, groups
+    )
+    values = similarity[0].cpu().numpy()
+    return PairExplanation(
+        overall=float(cosine[0]),
+        parts={g: (None if not np.isfinite(v) else float(v)) for g, v in zip(groups, values, strict=True)},
+        num_channels={g: int(len(assignment.channels(g))) for g in groups},
+        descriptor=descriptor,
+        part_maps_a=maps_a[0].cpu().numpy(),
+        part_maps_b=maps_b[0].cpu().numpy(),
+        saliency_a=None if cam is None else cam[0].cpu().numpy(),
+        saliency_b=None if cam is None else cam[1].cpu().numpy(),
+    )
+
+
+def _group_masks(
+    labelmaps: np.ndarray,
+    part_names: Sequence[str],
+    groups: Sequence[str],
+    group_parts: dict[str, tuple[str, ...]],
+) -> np.ndarray:
+    """bool (N, G, S, S) masks of breakdown parts from FaceParts label maps (code = part index + 1)."""
+    out = np.zeros((len(labelmaps), len(groups)) + labelmaps.shape[1:], dtype=bool)
+    for g, group in enumerate(groups):
+        codes = [
+            part_names.index(p) + 1
+            for p in group_parts.get(group, PART_GROUPS.get(group, ()))
+            if p in part_names
+        ]
+        out[:, g] = np.isin(labelmaps, codes)
+    return out
+
+
+def _region_scores(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean of each (H, W) map, upsampled bilinearly to the masks, over each mask: (B, G), NaN if empty."""
+    up = F.interpolate(cam[:, None].float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    masks = masks.float()
+    area = masks.sum((2, 3))
+    total = (up * masks).sum((2, 3))
+    return torch.where(area > 0, total / area.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def _game_scores(predicted_scores: np.ndarray, truth: np.ndarray, parts: Sequence[str]) -> dict[str, Any]:
+    """Top-1 accuracy, rank of the true part and confusion counts, lowest score = predicted."""
+    scores = np.where(np.isfinite(predicted_scores), predicted_scores, np.inf)
+    predicted = scores.argmin(1)
+    # A trial whose scores are all missing predicts nothing.
+    predicted = np.where(np.isfinite(scores).any(1), predicted, -1)
+    true_score = scores[np.arange(len(truth)), truth]
+    rank = 1 + (scores < true_score[:, None]).sum(1)
+    correct = predicted == truth
+    per_part = {
+        p: _float(correct[truth == k].mean()) if (truth == k).any() else None for k, p in enumerate(parts)
+    }
+    confusion = {
+        p: {q: int(((truth == k) & (predicted == j)).sum()) for j, q in enumerate(parts)}
+        for k, p in enumerate(parts)
+    }
+    return {
+        "top1": float(correct.mean()),
+        "per_part": per_part,
+        "mean_rank": float(rank.mean()),
+        "confusion": confusion,
+    }
+
+
+def _render_trials(dataset: Any, parts: Sequence[str], num_trials: int, seed: int):
+    """Images, label maps and truth of the game's (original, chimera) pairs."""
+    if not hasattr(dataset, "render_chimera"):
+        raise TypeError(
+            f"the part-swap game needs a FaceParts dataset (it renders chimeras); got {type(dataset).__name__}"
+        )
+    if dataset.num_identities < 2:
+        raise ValueError("the part-swap game needs at least two identities")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5A4D]))
+    originals, chimeras, labels_a, labels_b, truth, who = [], [], [], [], [], []
+    for t in range(num_trials):
+        k = t % len(parts)  # balanced over parts
+        a = int(rng.integers(dataset.num_identities))
+        b = int(rng.integers(dataset.num_identities - 1))
+        b += b >= a  # any identity but a
+        image = int(rng.integers(dataset.images_per_identity))
+        original, label_a, _, _ = dataset.raw(a * dataset.images_per_identity + image)
+        chimera, label_b, _, _ = dataset.render_chimera(a, b, parts[k], image_index=image)
+        originals.append(original)
+        chimeras.append(chimera)
+        labels_a.append(label_a)
+        labels_b.append(label_b)
+        truth.append(k)
+        who.append((a, b, image))
+    return (
+        np.stack(originals),
+        np.stack(chimeras),
+        np.stack(labels_a),
+        np.stack(labels_b),
+        np.array(truth),
+        who,
+    )
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+
+def part_swap_game(
+    model: nn.Module,
+    assignment: PartAssignment,
+    dataset: Any,
+    parts: Sequence[str] = ("eyes", "brows", "nose", "mouth", "hair"),
+    num_trials: int = 100,
+    seed: int = 0,
+    descriptor: str = "attention",
+    saliency: bool = True,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """The part-swap game: which part of a chimera differs from the original face?
+
+    Trial t takes a random identity A of ``dataset`` (a FaceParts split; use test identities the
+    model never saw), a random other identity B and a random image index, and renders A's image
+    and the chimera "A with part ``parts[t % len(parts)]`` of B" with the same pose, light and
+    background (``FaceParts.render_chimera``), so the swapped part is exact ground truth (FaceParts
+    places the mouth below the nose tip, so a nose swap also moves the mouth a little).
+
+    - Breakdown: the part with the lowest ``part_similarity`` among ``parts`` is the guess.
+    - Saliency: the part whose mask (of each image, averaged over the two) has the lowest mean
+      signed similarity Grad-CAM is the guess (does the least similar region fall on it?).
+
+    Chance is ``1 / len(parts)``; a part without channels is never guessed (a miss when swapped).
+    This is the synthetic, exact version of the published "inpainting game" for explainable face
+    recognition.
+
+    Args:
+        model: the face model. assignment: its ``PartAssignment``. dataset: a ``FaceParts``.
+        parts: candidate parts (``CHIMERA_PARTS``). num_trials: pairs; seed: which pairs.
+        descriptor: see ``part_similarity``. saliency: also play with the saliency maps.
+        batch_size: pairs per forward pass. device: default the model's device.
+
+    Returns:
+        A dict in plain JSON types::
+
+            {"num_trials": N, "parts": [...], "chance": 1 / P, "seed": s, "descriptor": "attention",
+             "channels_per_part": {part: n},
+             "breakdown": {"top1": acc, "per_part": {part: acc}, "mean_rank": r,
+                           "confusion": {true part: {guessed part: count}},
+                           "swapped_similarity": mean similarity of the swapped part,
+                           "other_similarity": mean similarity of the other parts},
+             "saliency": {"top1", "per_part", "mean_rank", "confusion"}}   # when saliency
+
+        ``book/results/part_swap_game.json`` holds one such dict per (method, seed) under
+        ``"runs"`` (each with ``"method"`` and ``"seed"`` added) and their mean and std per
+        method under ``"summary"`` (``game_summary``).
+    """
+    parts = tuple(parts)
+    for part in parts:
+        if part not in assignment.groups:
+            raise ValueError(
+                f"part {part!r} is not a breakdown part of the assignment ({', '.join(assignment.groups)})"
+            )
+    originals, chimeras, labels_a, labels_b, truth, _ = _render_trials(dataset, parts, num_trials, seed)
+    part_names = tuple(_dataset_attr(dataset, "part_names", ()) or ())
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    sims, cams = [], []
+    try:
+        for start in range(0, num_trials, batch_size):
+            stop = min(start + batch_size, num_trials)
+            a = _to_tensor(originals[start:stop]).to(device)
+            b = _to_tensor(chimeras[start:stop]).to(device)
+            _, activations, cam = _forward_pair(model, a, b, saliency)
+            n = stop - start
+            similarity, _, _ = part_similarity(
+                activations[:n], activations[n:], assignment, descriptor, parts
+            )
+            sims.append(similarity.cpu())
+            if saliency:
+                masks_a = torch.from_numpy(
+                    _group_masks(labels_a[start:stop], part_names, parts, assignment.groups)
+                )
+                masks_b = torch.from_numpy(
+                    _group_masks(labels_b[start:stop], part_names, parts, assignment.groups)
+                )
+                score_a = _region_scores(cam[:n].cpu(), masks_a)
+                score_b = _region_scores(cam[n:].cpu(), masks_b)
+                cams.append(torch.nanmean(torch.stack([score_a, score_b]), dim=0))
+    finally:
+        model.train(was_training)
+    similarity = torch.cat(sims).numpy().astype(np.float64)
+    breakdown = _game_scores(similarity, truth, parts)
+    swapped = similarity[np.arange(num_trials), truth]
+    others = np.where(np.arange(len(parts))[None, :] != truth[:, None], similarity, np.nan)
+    breakdown["swapped_similarity"] = _float(np.nanmean(swapped)) if np.isfinite(swapped).any() else None
+    breakdown["other_similarity"] = _float(np.nanmean(others)) if np.isfinite(others).any() else None
+    out: dict[str, Any] = {
+        "num_trials": int(num_trials),
+        "parts": list(parts),
+        "chance": 1.0 / len(parts),
+        "seed": int(seed),
+        "descriptor": descriptor,
+        "channels_per_part": {p: int(len(assignment.channels(p))) for p in parts},
+        "breakdown": breakdown,
+    }
+    if saliency:
+        out["saliency"] = _game_scores(torch.cat(cams).numpy().astype(np.float64), truth, parts)
+    return out
+
+
+def game_summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and std over seeds of ``part_swap_game`` results, per method.
+
+    Args:
+        runs: game results, each with a ``"method"`` key added (and ``"seed"``).
+
+    Returns:
+        ``{method: {"breakdown_top1_mean", "breakdown_top1_std", "saliency_top1_mean",
+        "saliency_top1_std", "chance", "seeds", "num_trials"}}`` (std over seeds, ddof = 0;
+        saliency entries None when no run played with saliency).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        row: dict[str, Any] = {
+            "seeds": [r.get("seed") for r in mine],
+            "chance": mine[0]["chance"],
+            "num_trials": [r["num_trials"] for r in mine],
+        }
+        for key in ("breakdown", "saliency"):
+            values = np.array([r[key]["top1"] for r in mine if key in r], dtype=np.float64)
+            row[f"{key}_top1_mean"] = _float(values.mean()) if values.size else None
+            row[f"{key}_top1_std"] = _float(values.std()) if values.size else None
+        out[method] = row
+    return out
+
+
+@torch.no_grad()
+def _embed_with_peaks(
+    model: nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    keep: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N, D) and channel peaks (N, C) of uint8 images (N, S, S, 3), optionally with
+    channels scaled by ``keep`` (N, C) at the target layer."""
+    embeddings, peaks = [], []
+    for start in range(0, len(images), batch_size):
+        batch = _to_tensor(images[start : start + batch_size]).to(device)
+        scale = None if keep is None else keep[start : start + batch_size].to(device)
+        with _tap_target(model, scale):
+            e, a = split_output(model(batch))
+        embeddings.append(F.normalize(e.float(), dim=1).cpu())
+        peaks.append(a.float().amax((2, 3)).cpu())
+    return torch.cat(embeddings).numpy(), torch.cat(peaks).numpy()
+
+
+def occluded_parts(
+    peaks: np.ndarray, assignment: PartAssignment, threshold: float = 0.5
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Which fine parts are found occluded in each image: their channels' peaks collapsed.
+
+    A part is found occluded when the median over its channels of ``peak / reference_peak`` is
+    below ``threshold``. Parts without channels are never found occluded.
+
+    Args:
+        peaks: (N, C) each channel's maximum activation per image.
+        assignment: gives the channels and reference peaks. threshold: the collapse ratio.
+
+    Returns:
+        ``(bool (N, P), part names)`` over ``assignment.part_names``.
+    """
+    ratio = np.asarray(peaks, dtype=np.float64) / assignment.reference_peak[None]
+    out = np.zeros((ratio.shape[0], len(assignment.part_names)), dtype=bool)
+    for p, part in enumerate(assignment.part_names):
+        channels = assignment.part_channels(part)
+        if len(channels):
+            out[:, p] = np.median(ratio[:, channels], axis=1) < threshold
+    return out, assignment.part_names
+
+
+def occlusion_verification(
+    model: nn.Module,
+    clean: Any,
+    occluded: Any,
+    assignment: PartAssignment | None = None,
+    pairs: Any = None,
+    num_pairs: int = 1000,
+    threshold: float = 0.5,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    curves: bool = True,
+) -> dict[str, Any]:
+    """Verification on clean and on occluded images, and with the channels of occluded parts ignored.
+
+    ``clean`` and ``occluded`` are the same FaceParts split rendered with ``occlusion_prob=0`` and
+    with ``occlusion_prob > 0`` (same identities and labels; the pair list indexes both). Embeddings
+    without flip augmentation (a mirror would swap left and right part channels).
+
+    With an ``assignment``: for each pair, the fine parts found occluded in either image
+    (``occluded_parts``) have their channels zeroed at the target layer in *both* images (so the
+    two are compared on the same channels), and both are embedded again; pairs with nothing found
+    keep their embeddings. Zeroing is the choice: the layers above never saw such maps in training.
+
+    Args:
+        model: a ``FaceModel``. clean, occluded: datasets with ``raw(index)`` (FaceParts).
+        assignment: enables the "ignore occluded parts" option. pairs: a ``PairList`` into both
+            (default ``faceparts_pairs(clean, num_pairs)``). threshold: see ``occluded_parts``.
+        batch_size, device: as elsewhere. curves: include each ROC (``fpr``, ``tpr``).
+
+    Returns:
+        ``{"clean": verification, "occluded": verification, "occluded_ignoring": ...,
+        "clean_ignoring": ..., "found_occluded": {"occluded_images", "unoccluded_images",
+        "clean_images"} (share of images with a part found occluded), "pairs_changed":
+        {"clean", "occluded"}, "threshold"}`` in plain JSON types (the ``*_ignoring`` entries only
+        with an assignment); verification entries are ``VerificationResult.to_dict``.
+    """
+    from ecl.data.pairs import faceparts_pairs
+    from ecl.evaluate import verification
+
+    if len(clean) != len(occluded):
+        raise ValueError(
+            f"clean and occluded must be the same split; they have {len(clean)} and {len(occluded)} items"
+        )
+    if pairs is None:
+        pairs = faceparts_pairs(clean, num_pairs=num_pairs)
+    index_a, index_b = np.asarray(pairs.index_a), np.asarray(pairs.index_b)
+    is_same = np.asarray(pairs.is_same, dtype=bool)
+    folds = np.asarray(pairs.fold) if getattr(pairs, "fold", None) is not None else 10
+    used = np.unique(np.r_[index_a, index_b])
+    position = {int(i): k for k, i in enumerate(used)}
+    pa = np.array([position[int(i)] for i in index_a])
+    pb = np.array([position[int(i)] for i in index_b])
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.to(device).eval()
+    out: dict[str, Any] = {"threshold": float(threshold), "num_pairs": int(len(is_same))}
+    try:
+        for name, data in (("clean", clean), ("occluded", occluded)):
+            images = np.stack([data.raw(int(i))[0] for i in used])
+            embeddings, peaks = _embed_with_peaks(model, images, device, batch_size)
+            out[name] = verification(embeddings[pa], embeddings[pb], is_same, folds=folds).to_dict(curves)
+            if assignment is None:
+                continue
+            found, _ = occluded_parts(peaks, assignment, threshold)
+            flags = getattr(data, "occluded", None)
+            any_found = found.any(1)
+            if name == "clean":
+                out.setdefault("found_occluded", {})["clean_images"] = float(any_found.mean())
+            elif flags is not None:
+                truly = np.asarray(flags, dtype=bool)[used]
+                share = out.setdefault("found_occluded", {})
+                share["occluded_images"] = _float(any_found[truly].mean()) if truly.any() else None
+                share["unoccluded_images"] = _float(any_found[~truly].mean()) if (~truly).any() else None
+            dropped = found[pa] | found[pb]  # (pairs, P)
+            changed = np.flatnonzero(dropped.any(1))
+            out.setdefault("pairs_changed", {})[name] = int(len(changed))
+            ea, eb = embeddings[pa].copy(), embeddings[pb].copy()
+            if len(changed):
+                member = np.zeros((len(assignment.part_names), assignment.num_channels), dtype=np.float32)
+                valid = assignment.assigned >= 0
+                member[assignment.assigned[valid], np.flatnonzero(valid)] = 1.0
+                keep = 1.0 - np.clip(dropped[changed].astype(np.float32) @ member, 0, 1)  # (n, C)
+                keep_t = torch.from_numpy(np.repeat(keep, 2, axis=0))
+                both = np.stack([images[pa[changed]], images[pb[changed]]], axis=1).reshape(
+                    -1, *images.shape[1:]
+                )
+                again, _ = _embed_with_peaks(model, both, device, batch_size, keep=keep_t)
+                ea[changed], eb[changed] = again[0::2], again[1::2]
+            out[f"{name}_ignoring"] = verification(ea, eb, is_same, folds=folds).to_dict(curves)
+    finally:
+        model.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------- CLI: explain-pair
+
+
+def _read_image(path: str):
+    """An image file as an RGB PIL image, with a clear error when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"cannot read image {path}: no such file")
+    try:
+        with Image.open(file) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {path}: not an image file PIL can open ({err})") from err
+
+
+def _image_tensor(image: Any, size: int) -> torch.Tensor:
+    """An RGB PIL image as a (3, size, size) tensor in [0, 1], resized bilinearly when needed."""
+    from PIL import Image
+
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def _explain_pair_command(args: Any) -> int:
+    import sys
+
+    from ecl.train import load_run
+
+    try:
+        # Cheap checks first: unreadable images and a missing assignment fail before the model loads.
+        pictures = _read_image(args.image_a), _read_image(args.image_b)
+        assignment = PartAssignment.load(args.assignment or args.checkpoint)
+        model, _ = load_run(args.checkpoint, map_location="cpu")
+        size = int(getattr(model, "image_size", 112))
+        image_a, image_b = (_image_tensor(p, size) for p in pictures)
+        result = explain_pair(
+            model,
+            image_a,
+            image_b,
+            assignment,
+            descriptor=args.descriptor,
+            saliency=False,
+            device=args.device,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"image_a": args.image_a, "image_b": args.image_b, **result.to_dict()}))
+    return 0
+
+
+def _assign_parts_command(args: Any) -> int:
+    import sys
+
+    from ecl.data import build_dataset
+    from ecl.train import load_run
+
+    try:
+        model, config = load_run(args.checkpoint, map_location="cpu")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    reference = build_dataset(
+        "faceparts", split="test", image_size=int(getattr(model, "image_size", 112)),
+        num_identities=args.identities, images_per_identity=args.images_per_identity, seed=config.data.seed,
+    )  # fmt: skip
+    assignment = assign_parts(model, reference, batch_size=args.batch_size, device=args.device)
+    target = Path(args.out) if args.out else Path(args.checkpoint)
+    path = assignment.save(target)
+    print(
+        json.dumps(
+            {
+                "saved": str(path),
+                "source": assignment.source,
+                "channels_per_part": assignment.to_dict()["channels_per_part"],
+            }
+        )
+    )
+    return 0
+
+
+def add_subparser(subparsers: Any) -> None:
+    """Register ``python -m ecl explain-pair`` and ``python -m ecl assign-parts``."""
+    parser = subparsers.add_parser(
+        "explain-pair",
+        help="which face parts made two faces similar (JSON breakdown)",
+        description=(
+            "Per-part similarity breakdown of two face images (eyes, brows, nose, mouth, hair, skin) from "
+            "the target layer's part channels, with the embedding cosine beside it. Needs the run's "
+            f"{ASSIGNMENT_FILE} (make it with `python -m ecl assign-parts --checkpoint RUN`). Images are "
+            "read with PIL, converted to RGB and resized to the model's input size. Prints one JSON object."
+        ),
+    )
+    parser.add_argument("--checkpoint", required=True, help="run folder or checkpoint written by `ecl train`")
+    parser.add_argument("image_a", metavar="IMAGE_A", help="first face image (any format PIL reads)")
+    parser.add_argument("image_b", metavar="IMAGE_B", help="second face image")
+    parser.add_argument(
+        "--assignment", default=None, help=f"part assignment JSON (default RUN/{ASSIGNMENT_FILE})"
+    )
+    parser.add_argument("--descriptor", choices=DESCRIPTORS, default="attention", help="part descriptor")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    parser.set_defaults(func=_explain_pair_command)
+
+    parser = subparsers.add_parser(
+        "assign-parts",
+        help="assign a run's target-layer channels to face parts (for explain-pair)",
+        description=(
+            "Part IoU of every target-layer channel on FaceParts test identities; writes "
+            f"RUN/{ASSIGNMENT_FILE} (see ecl.explain.assign_parts for the fallback rules)."
+        ),
+    )
+    parser.add_argument("--checkpoint", required=True, help="run folder or checkpoint written by `ecl train`")
+    parser.add_argument("--identities", type=int, default=50, help="FaceParts test identities (default 50)")
+    parser.add_argument("--images-per-identity", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", default=None, help=f"where to write (default RUN/{ASSIGNMENT_FILE})")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(func=_assign_parts_command)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -1147,7 +2224,22 @@ def _float(value: float) -> float | None:
 
 
 __all__ = [
+    "ASSIGNMENT_FILE",
     "DEFAULT_SHIFTS",
+    "DESCRIPTORS",
+    "LANDMARK_GROUPS",
+    "PART_GROUPS",
+    "PairExplanation",
+    "PartAssignment",
+    "add_subparser",
+    "assign_parts",
+    "explain_pair",
+    "game_summary",
+    "occluded_parts",
+    "occlusion_verification",
+    "part_similarity",
+    "part_swap_game",
+    "similarity_saliency",
     "LANDMARK_PART_NAMES",
     "ActivationStats",
     "HitRateResult",
