@@ -1812,7 +1812,10 @@ def _render_trials(dataset: Any, parts: Sequence[str], num_trials: int, seed: in
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S) in [0, 1], bit-identical to FaceParts items."""
+    out = np.empty((len(images), 3) + images.shape[1:3], dtype=np.float32)
+    np.multiply(images.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=out)
+    return torch.from_numpy(out)
 
 
 def part_swap_game(
@@ -1837,7 +1840,13 @@ def part_swap_game(
 
     - Breakdown: the part with the lowest ``part_similarity`` among ``parts`` is the guess.
     - Saliency: the part whose mask (of each image, averaged over the two) has the lowest mean
-      signed similarity Grad-CAM is the guess (does the least similar region fall on it?).
+      signed similarity Grad-CAM is the guess (does the least similar region fall on it?). Note that
+      this one is told where the parts are (the true masks); the breakdown must find them with
+      its part channels.
+    - Mask-pooled (a reference, not a method): the breakdown's all-channel descriptor pooled under
+      the *true* part masks instead of the part channels' attention. The gap between it and the
+      breakdown is what imperfect part channels cost; ``attention_in_part`` is the share of each
+      part's channel attention that falls inside its true mask (1 for perfect detectors).
 
     Chance is ``1 / len(parts)``; a part without channels is never guessed (a miss when swapped).
     This is the synthetic, exact version of the published "inpainting game" for explainable face
@@ -1858,6 +1867,8 @@ def part_swap_game(
                            "confusion": {true part: {guessed part: count}},
                            "swapped_similarity": mean similarity of the swapped part,
                            "other_similarity": mean similarity of the other parts},
+             "attention_in_part": {part: share},
+             "mask_pooled": {"top1", "per_part", "mean_rank", "confusion"},
              "saliency": {"top1", "per_part", "mean_rank", "confusion"}}   # when saliency
 
         ``book/results/part_swap_game.json`` holds one such dict per (method, seed) under
@@ -1875,7 +1886,8 @@ def part_swap_game(
     device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.to(device).eval()
-    sims, cams = [], []
+    sims, cams, pooled, inside = [], [], [], []
+    scale = torch.as_tensor(assignment.reference_peak, dtype=torch.float32).view(1, -1, 1, 1)
     try:
         for start in range(0, num_trials, batch_size):
             stop = min(start + batch_size, num_trials)
@@ -1883,17 +1895,28 @@ def part_swap_game(
             b = _to_tensor(chimeras[start:stop]).to(device)
             _, activations, cam = _forward_pair(model, a, b, saliency)
             n = stop - start
-            similarity, _, _ = part_similarity(
+            similarity, attention, _ = part_similarity(
                 activations[:n], activations[n:], assignment, descriptor, parts
             )
             sims.append(similarity.cpu())
+            masks_a = torch.from_numpy(
+                _group_masks(labels_a[start:stop], part_names, parts, assignment.groups)
+            )
+            masks_b = torch.from_numpy(
+                _group_masks(labels_b[start:stop], part_names, parts, assignment.groups)
+            )
+            # Reference rows: the same all-channel descriptor pooled under the true part masks (no part
+            # channels needed), and how much of each part's channel attention lies inside its mask.
+            normed = activations.cpu().clamp_min(0) / scale
+            cells = normed.shape[-2:]
+            weights_a = F.adaptive_avg_pool2d(masks_a.float(), cells)
+            weights_b = F.adaptive_avg_pool2d(masks_b.float(), cells)
+            desc_a = torch.einsum("bghw,bchw->bgc", weights_a, normed[:n])
+            desc_b = torch.einsum("bghw,bchw->bgc", weights_b, normed[n:])
+            pooled.append(F.cosine_similarity(desc_a, desc_b, dim=-1, eps=1e-12))
+            attention = attention.cpu()
+            inside.append((attention * weights_a).sum((2, 3)) / attention.sum((2, 3)).clamp_min(1e-12))
             if saliency:
-                masks_a = torch.from_numpy(
-                    _group_masks(labels_a[start:stop], part_names, parts, assignment.groups)
-                )
-                masks_b = torch.from_numpy(
-                    _group_masks(labels_b[start:stop], part_names, parts, assignment.groups)
-                )
                 score_a = _region_scores(cam[:n].cpu(), masks_a)
                 score_b = _region_scores(cam[n:].cpu(), masks_b)
                 cams.append(torch.nanmean(torch.stack([score_a, score_b]), dim=0))
@@ -1905,6 +1928,7 @@ def part_swap_game(
     others = np.where(np.arange(len(parts))[None, :] != truth[:, None], similarity, np.nan)
     breakdown["swapped_similarity"] = _float(np.nanmean(swapped)) if np.isfinite(swapped).any() else None
     breakdown["other_similarity"] = _float(np.nanmean(others)) if np.isfinite(others).any() else None
+    share = torch.cat(inside).mean(0).numpy()
     out: dict[str, Any] = {
         "num_trials": int(num_trials),
         "parts": list(parts),
@@ -1912,7 +1936,9 @@ def part_swap_game(
         "seed": int(seed),
         "descriptor": descriptor,
         "channels_per_part": {p: int(len(assignment.channels(p))) for p in parts},
+        "attention_in_part": {p: _float(v) for p, v in zip(parts, share, strict=True)},
         "breakdown": breakdown,
+        "mask_pooled": _game_scores(torch.cat(pooled).numpy().astype(np.float64), truth, parts),
     }
     if saliency:
         out["saliency"] = _game_scores(torch.cat(cams).numpy().astype(np.float64), truth, parts)
@@ -1926,9 +1952,11 @@ def game_summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         runs: game results, each with a ``"method"`` key added (and ``"seed"``).
 
     Returns:
-        ``{method: {"breakdown_top1_mean", "breakdown_top1_std", "saliency_top1_mean",
-        "saliency_top1_std", "chance", "seeds", "num_trials"}}`` (std over seeds, ddof = 0;
-        saliency entries None when no run played with saliency).
+        One row per method (std over seeds with ddof = 0; None where no run has that entry)::
+
+            {method: {"breakdown_top1_mean", "breakdown_top1_std", "saliency_top1_mean",
+                      "saliency_top1_std", "mask_pooled_top1_mean", "mask_pooled_top1_std",
+                      "chance", "seeds", "num_trials"}}
     """
     out: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r["method"] for r in runs):
@@ -1938,7 +1966,7 @@ def game_summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "chance": mine[0]["chance"],
             "num_trials": [r["num_trials"] for r in mine],
         }
-        for key in ("breakdown", "saliency"):
+        for key in ("breakdown", "saliency", "mask_pooled"):
             values = np.array([r[key]["top1"] for r in mine if key in r], dtype=np.float64)
             row[f"{key}_top1_mean"] = _float(values.mean()) if values.size else None
             row[f"{key}_top1_std"] = _float(values.std()) if values.size else None
@@ -2021,11 +2049,14 @@ def occlusion_verification(
         batch_size, device: as elsewhere. curves: include each ROC (``fpr``, ``tpr``).
 
     Returns:
-        ``{"clean": verification, "occluded": verification, "occluded_ignoring": ...,
-        "clean_ignoring": ..., "found_occluded": {"occluded_images", "unoccluded_images",
-        "clean_images"} (share of images with a part found occluded), "pairs_changed":
-        {"clean", "occluded"}, "threshold"}`` in plain JSON types (the ``*_ignoring`` entries only
-        with an assignment); verification entries are ``VerificationResult.to_dict``.
+        A dict in plain JSON types; verification entries are ``VerificationResult.to_dict``, the
+        ``*_ignoring`` entries and the next two only come with an assignment, ``found_occluded``
+        is the share of images with a part found occluded::
+
+            {"clean": verification, "occluded": verification,
+             "clean_ignoring": verification, "occluded_ignoring": verification,
+             "found_occluded": {"clean_images", "occluded_images", "unoccluded_images"},
+             "pairs_changed": {"clean": n, "occluded": n}, "threshold": t, "num_pairs": n}
     """
     from ecl.data.pairs import faceparts_pairs
     from ecl.evaluate import verification

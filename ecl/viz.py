@@ -560,12 +560,15 @@ def _breakdown_dict(breakdown: Any) -> dict[str, Any]:
     return breakdown.to_dict() if hasattr(breakdown, "to_dict") else dict(breakdown)
 
 
-def pair_breakdown_figure(breakdown: Any, title: str | None = None):
+def pair_breakdown_figure(breakdown: Any, title: str | None = None, scale: str = "auto"):
     """Bar chart of a pair's part similarities, with the overall embedding similarity beside them.
 
     Args:
         breakdown: a ``PairExplanation`` (``ecl.explain.explain_pair``) or its ``to_dict()``.
         title: figure title (default: names the least similar part).
+        scale: ``"similarity"`` (cosine, linear axis), ``"dissimilarity"`` (1 - cosine on a log
+            axis, which separates values that all lie near 1, as for a face and its chimera) or
+            ``"auto"`` (dissimilarity when every value is above 0.9).
 
     Returns:
         A plotly figure.
@@ -573,18 +576,28 @@ def pair_breakdown_figure(breakdown: Any, title: str | None = None):
     import plotly.graph_objects as go
 
     data = _breakdown_dict(breakdown)
-    parts = {k: v for k, v in data["parts"].items()}
+    parts = dict(data["parts"])
     names = list(parts) + ["overall (embedding)"]
-    values = [v if v is not None else 0.0 for v in parts.values()] + [data["overall"]]
+    raw = list(parts.values()) + [data["overall"]]
+    known = [v for v in raw if v is not None]
+    if scale == "auto":
+        scale = "dissimilarity" if known and min(known) > 0.9 else "similarity"
+    if scale not in ("similarity", "dissimilarity"):
+        raise ValueError(f"scale must be 'auto', 'similarity' or 'dissimilarity'; got {scale!r}")
     least = data.get("least_similar")
     colours = ["#d62728" if name == least else "#1f77b4" for name in parts] + ["#7f7f7f"]
-    text = [f"{v:.3f}" if v is not None else "n/a" for v in parts.values()] + [f"{data['overall']:.3f}"]
+    text = [f"{v:.4f}" if v is not None else "n/a" for v in raw]
+    if scale == "similarity":
+        values = [v if v is not None else 0.0 for v in raw]
+        axis = dict(title="cosine similarity", range=[min(0.0, min(values) - 0.05), 1.1])
+    else:
+        values = [max(1.0 - v, 1e-7) if v is not None else None for v in raw]
+        axis = dict(title="1 - cosine similarity (log)", type="log")
     fig = go.Figure(go.Bar(x=names, y=values, marker_color=colours, text=text, textposition="outside",
-                           hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
-    lo = min(0.0, min(values) - 0.05)
+                           hovertemplate="%{x}: %{text}<extra></extra>"))  # fmt: skip
     fig.update_layout(
-        title=title or f"Part similarities (least similar: {least})", yaxis_title="cosine similarity",
-        yaxis_range=[lo, 1.1], height=330, margin=dict(l=50, r=20, t=50, b=40),
+        title=title or f"Part similarities (least similar: {least})", yaxis=axis, height=330,
+        margin=dict(l=50, r=20, t=50, b=40),
     )  # fmt: skip
     return fig
 

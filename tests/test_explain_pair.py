@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecl.data.faceparts import PART_NAMES, FaceParts
+from ecl.data.faceparts import PART_NAMES, FaceParts, image_to_tensor
 from ecl.explain import (
     PART_GROUPS,
     PartAssignment,
@@ -35,7 +35,7 @@ def _key(image: torch.Tensor) -> bytes:
 
 
 def _to_image(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    return image_to_tensor(array)  # bit-identical to FaceParts items (the oracle keys on bytes)
 
 
 def _masks(labelmap: np.ndarray) -> torch.Tensor:
@@ -89,6 +89,11 @@ class Registering:
 
     def render_chimera(self, *args, **kwargs):
         return self._register(self.dataset.render_chimera(*args, **kwargs))
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        self.model.register(item["image"], item["masks"])
+        return item
 
 
 def exact_assignment() -> PartAssignment:
@@ -282,3 +287,21 @@ def test_cli_help_and_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["explain-pair", "--checkpoint", str(tmp_path), str(good), str(good)]) == 2
     assert "assign-parts" in capsys.readouterr().err
+
+
+def test_pair_figures_and_explorer(nose_pair, faces):
+    import ecl.viz
+
+    model, image, chimera = nose_pair
+    explanation = explain_pair(model, image, chimera, exact_assignment())
+    bars = ecl.viz.pair_breakdown_figure(explanation)
+    assert len(bars.data[0].x) == len(explanation.parts) + 1
+    assert ecl.viz.pair_breakdown_figure(explanation.to_dict(), scale="similarity").layout.yaxis.type is None
+    maps = ecl.viz.pair_maps_figure(image, chimera, explanation, parts=["nose", "mouth"])
+    assert len(maps.data) == 2 * 4  # per image: image, saliency, two parts
+    explorer = ecl.viz.pair_explorer(model, exact_assignment(), Registering(faces, model))
+    controls, bars_html, picture, _ = explorer.children
+    first = bytes(picture.value)
+    assert first.startswith(b"\x89PNG") and "nose" in bars_html.value
+    controls.children[1].value = "another face"  # B is another face: redraws
+    assert bytes(picture.value) != first
