@@ -1434,6 +1434,7 @@ def part_similarity(
     assignment: PartAssignment,
     descriptor: str = "attention",
     groups: Sequence[str] | None = None,
+    min_peak: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-part cosine similarity of two batches of target activations.
 
@@ -1447,13 +1448,16 @@ def part_similarity(
     - ``"peak"``: the peak (spatial maximum) of each of the part's own channels, concatenated, as
       "eyes 3 channels -> a 3-vector". With a single channel the cosine is 1 whenever it fires.
 
-    Cosine of two descriptors; 0 when the part is found in one image only (its channels are silent
-    in the other), NaN when in neither.
+    A part is *found* in an image when one of its channels peaks at ``min_peak`` times its
+    reference peak or more (a weak flicker of a channel is no evidence of the part). The similarity
+    is the cosine of the two descriptors when the part is found in both images, 0 when in one
+    only, NaN when in neither.
 
     Args:
         activations_a, activations_b: (B, C, H, W) target activations of the two images of each pair.
         assignment: the channel -> part assignment. descriptor: ``"attention"`` or ``"peak"``.
         groups: breakdown parts to score (default ``assignment.group_names``).
+        min_peak: the found threshold, as a fraction of each channel's reference peak.
 
     Returns:
         ``(similarity (B, G) float32, attention_a (B, G, H, W), attention_b (B, G, H, W))``; the
@@ -1486,12 +1490,12 @@ def part_similarity(
             desc = torch.einsum("bghw,bchw->bgc", weights, normed)
         else:
             desc = normed.amax((2, 3))[:, None, :] * member[None]
-        return desc, desc.norm(dim=-1), attention
+        found = (normed.amax((2, 3))[:, None, :] * member[None]).amax(-1) >= min_peak
+        return desc, found & (desc.norm(dim=-1) > 0), attention
 
-    desc_a, norm_a, attention_a = describe(activations_a)
-    desc_b, norm_b, attention_b = describe(activations_b)
-    cosine = (desc_a * desc_b).sum(-1) / (norm_a * norm_b).clamp_min(1e-12)
-    found_a, found_b = norm_a > 0, norm_b > 0
+    desc_a, found_a, attention_a = describe(activations_a)
+    desc_b, found_b, attention_b = describe(activations_b)
+    cosine = F.cosine_similarity(desc_a, desc_b, dim=-1, eps=1e-12)
     similarity = torch.where(found_a & found_b, cosine, torch.zeros_like(cosine))
     similarity = torch.where(found_a | found_b, similarity, torch.full_like(cosine, float("nan")))
     return similarity, attention_a, attention_b
@@ -1668,6 +1672,7 @@ def explain_pair(
     descriptor: str = "attention",
     saliency: bool = True,
     device: str | torch.device | None = None,
+    min_peak: float = 0.1,
 ) -> PairExplanation:
     """Which face parts made two faces similar: a per-part similarity breakdown of one pair.
 
@@ -1684,6 +1689,7 @@ def explain_pair(
         assignment: ``assign_parts(model, reference)`` or ``PartAssignment.load(run_dir)``.
         descriptor: ``"attention"`` (default) or ``"peak"``, see ``part_similarity``.
         saliency: also compute the two similarity saliency maps. device: default the model's device.
+        min_peak: when a part counts as found (see ``part_similarity``).
 
     Returns:
         ``PairExplanation``; ``.to_dict()`` is the JSON breakdown.
@@ -1711,7 +1717,7 @@ def explain_pair(
         model.train(was_training)
     groups = assignment.group_names
     similarity, maps_a, maps_b = part_similarity(
-        activations[:1], activations[1:], assignment, descriptor, groups
+        activations[:1], activations[1:], assignment, descriptor, groups, min_peak=min_peak
     )
     values = similarity[0].cpu().numpy()
     return PairExplanation(
@@ -1829,6 +1835,7 @@ def part_swap_game(
     saliency: bool = True,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    min_peak: float = 0.1,
 ) -> dict[str, Any]:
     """The part-swap game: which part of a chimera differs from the original face?
 
@@ -1857,6 +1864,7 @@ def part_swap_game(
         parts: candidate parts (``CHIMERA_PARTS``). num_trials: pairs; seed: which pairs.
         descriptor: see ``part_similarity``. saliency: also play with the saliency maps.
         batch_size: pairs per forward pass. device: default the model's device.
+        min_peak: when a part counts as found (see ``part_similarity``).
 
     Returns:
         A dict in plain JSON types::
@@ -1896,7 +1904,7 @@ def part_swap_game(
             _, activations, cam = _forward_pair(model, a, b, saliency)
             n = stop - start
             similarity, attention, _ = part_similarity(
-                activations[:n], activations[n:], assignment, descriptor, parts
+                activations[:n], activations[n:], assignment, descriptor, parts, min_peak=min_peak
             )
             sims.append(similarity.cpu())
             masks_a = torch.from_numpy(

@@ -100,7 +100,8 @@ def exact_assignment() -> PartAssignment:
     return PartAssignment(
         part_names=PART_NAMES,
         assigned=np.repeat(np.arange(len(PART_NAMES)), 3),
-        reference_peak=np.ones(3 * len(PART_NAMES)),
+        # typical peaks: a small part (an eye) fills a small share of a pooled cell
+        reference_peak=np.full(3 * len(PART_NAMES), 0.05),
         groups=PART_GROUPS,
         source={g: "detector" for g in PART_GROUPS},
     )
@@ -189,6 +190,10 @@ def test_part_similarity_is_zero_when_a_part_is_missing_in_one_image():
     mouth = assignment.group_names.index("mouth")
     assert similarity[0, mouth] == 0.0
     assert torch.isnan(similarity[1]).all()
+    # a flicker below min_peak (a fraction of the reference peak) is not evidence of the part
+    a[0, assignment.channels("mouth")] = 0.001
+    similarity, _, _ = part_similarity(a, b, assignment, min_peak=0.1)
+    assert torch.isnan(similarity[0, mouth])
 
 
 def test_bad_inputs_give_clear_errors(nose_pair, tmp_path):
