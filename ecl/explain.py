@@ -2065,6 +2065,10 @@ def occlusion_verification(
              "clean_ignoring": verification, "occluded_ignoring": verification,
              "found_occluded": {"clean_images", "occluded_images", "unoccluded_images"},
              "pairs_changed": {"clean": n, "occluded": n}, "threshold": t, "num_pairs": n}
+
+        ``book/results/occlusion.json`` holds one such dict per (method, seed) under ``"runs"``
+        (each with ``"method"`` and ``"seed"`` added) and ``occlusion_summary`` of them under
+        ``"summary"``.
     """
     from ecl.data.pairs import faceparts_pairs
     from ecl.evaluate import verification
@@ -2121,6 +2125,31 @@ def occlusion_verification(
             out[f"{name}_ignoring"] = verification(ea, eb, is_same, folds=folds).to_dict(curves)
     finally:
         model.train(was_training)
+    return out
+
+
+def occlusion_summary(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and std over seeds of ``occlusion_verification`` accuracies and AUCs, per method.
+
+    Args:
+        runs: ``occlusion_verification`` results, each with a ``"method"`` key added (and ``"seed"``).
+
+    Returns:
+        One row per method: ``{setting}_{accuracy|auc}_{mean|std}`` for each setting present
+        (``clean``, ``occluded``, ``clean_ignoring``, ``occluded_ignoring``; std with ddof = 0),
+        and ``seeds``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        row: dict[str, Any] = {"seeds": [r.get("seed") for r in mine]}
+        for setting in ("clean", "occluded", "clean_ignoring", "occluded_ignoring"):
+            for metric in ("accuracy", "auc"):
+                values = np.array([r[setting][metric] for r in mine if setting in r], dtype=np.float64)
+                if values.size:
+                    row[f"{setting}_{metric}_mean"] = _float(values.mean())
+                    row[f"{setting}_{metric}_std"] = _float(values.std())
+        out[method] = row
     return out
 
 
@@ -2275,6 +2304,7 @@ __all__ = [
     "explain_pair",
     "game_summary",
     "occluded_parts",
+    "occlusion_summary",
     "occlusion_verification",
     "part_similarity",
     "part_swap_game",

@@ -21,6 +21,7 @@ from ecl.explain import (
     PartAssignment,
     explain_pair,
     game_summary,
+    occlusion_summary,
     occlusion_verification,
     part_similarity,
     part_swap_game,
@@ -269,6 +270,11 @@ def test_occlusion_verification_runs_on_a_face_model():
     assert result["pairs_changed"] == {"clean": 20, "occluded": 20}
     assert "fpr" in result["occluded"]
     json.dumps(result)
+    summary = occlusion_summary([{**result, "method": "m", "seed": 0}, {**result, "method": "m", "seed": 1}])
+    assert summary["m"]["occluded_ignoring_accuracy_mean"] == pytest.approx(
+        result["occluded_ignoring"]["accuracy"]
+    )
+    assert summary["m"]["clean_auc_std"] == 0.0
 
 
 def test_cli_help_and_errors(tmp_path, capsys):
