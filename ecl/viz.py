@@ -686,7 +686,7 @@ def pair_explorer(
     dataset: Any,
     descriptor: str = "attention",
     parts: Sequence[str] | None = ("eyes", "brows", "nose", "mouth", "hair"),
-    scale: int = 2,
+    scale: int = 1,
 ):
     """Pick two faces, or a face and a chimera, and see which parts make them similar.
 
@@ -733,7 +733,9 @@ def pair_explorer(
             what = f"identity {identity_b.value}, image {image_b.value}"
         explanation = explain_pair(model, first, second, assignment, descriptor=descriptor)
         _, rows = _pair_pictures(first, second, explanation, parts)
-        picture.value = to_png(_tile(rows), scale=scale)
+        tiled = _tile(rows)
+        picture.width = tiled.shape[1] * scale  # page width, not the PNG's natural size
+        picture.value = to_png(tiled, scale=scale)
         bars.value = _bars_html(explanation)
         caption.value = (
             f"<small>A: identity {identity_a.value}, image {image_a.value}; B: {what}. Columns: image, "
