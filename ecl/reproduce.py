@@ -229,7 +229,7 @@ def run_grid(
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {sorted(PROFILES)}")
     chosen = list(studies) if studies else list(PROFILES[profile])
-    unknown = [s for s in chosen if s not in PROFILES[profile] and s != "ablations"]
+    unknown = [s for s in chosen if s not in PROFILES[profile] and s not in ("ablations", "game")]
     if unknown:
         raise ValueError(f"unknown studies {unknown}: choose from {sorted(PROFILES[profile])}")
     methods = list(methods) if methods else list(METHODS)
@@ -237,6 +237,10 @@ def run_grid(
     results_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in chosen:
+        if name == "game":
+            written += run_game(profile, seeds, runs_root=runs_root, results_dir=results_dir, overrides=overrides,
+                                device=device, echo=echo)
+            continue
         if name == "ablations":
             written += _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_images, device,
                                       skip_existing, echo, seed=min(seeds))
@@ -290,6 +294,85 @@ def _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_im
         written.append(path)
         echo(f"{time.perf_counter() - start:7.1f} s  {path}")
     return written
+
+
+#: Sizes of the part-swap game and occlusion study per profile (as chapter 09 uses them).
+GAME_SIZES = {
+    "quick": dict(identities=50, images_per_identity=4, trials=100, pairs=400),
+    "full": dict(identities=200, images_per_identity=5, trials=1000, pairs=2000),
+}
+
+
+def run_game(
+    profile: str = "quick",
+    seeds: Iterable[int] = (0, 1, 2),
+    methods: Sequence[str] = ("baseline", "ecloss"),
+    runs_root: str | Path = "runs",
+    results_dir: str | Path = "book/results",
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[Path]:
+    """The part-swap game and the occlusion study (chapter 09) on the FaceParts grid models, over seeds.
+
+    For each seed and method: the grid's trained model (trained here if absent), its part assignment
+    on FaceParts test identities (data seed + 0), the game on other test images (data seed + 1) and
+    clean vs occluded verification (data seed + 2). Writes ``part_swap_game.json`` and ``occlusion.json``
+    (``{"runs": [...], "summary": ...}``, see :func:`ecl.explain.game_summary` and
+    :func:`ecl.explain.occlusion_summary`).
+    """
+    from ecl import data as ecl_data
+    from ecl import explain
+    from ecl.config import load_config
+    from ecl.train import load_or_train
+
+    sizes = GAME_SIZES[profile]
+    base = load_config(REPO / PROFILES[profile]["faceparts"].preset, list(overrides))
+    common = dict(split="test", image_size=base.data.image_size, num_identities=sizes["identities"],
+                  images_per_identity=sizes["images_per_identity"])
+    reference = ecl_data.build_dataset("faceparts", seed=base.data.seed, **common)
+    game_set = ecl_data.build_dataset("faceparts", seed=base.data.seed + 1, **common)
+    clean = ecl_data.build_dataset("faceparts", seed=base.data.seed + 2, occlusion_prob=0.0, **common)
+    occluded = ecl_data.build_dataset("faceparts", seed=base.data.seed + 2, occlusion_prob=1.0, **common)
+    games, occlusions = [], []
+    for seed in seeds:
+        for method in methods:
+            start = time.perf_counter()
+            model, run_dir = load_or_train(method_config(base, method, seed), root=runs_root)
+            model.eval()
+            assignment = explain.assign_parts(model, reference, device=device)
+            assignment.save(run_dir)
+            game = explain.part_swap_game(model, assignment, game_set, num_trials=sizes["trials"], seed=seed, device=device)
+            games.append({**game, "method": method, "seed": int(seed)})
+            occlusion = explain.occlusion_verification(model, clean, occluded, assignment, num_pairs=sizes["pairs"],
+                                                       device=device)
+            occlusions.append({**occlusion, "method": method, "seed": int(seed)})
+            echo(f"{time.perf_counter() - start:7.1f} s  game and occlusion: {method} seed {seed}")
+    meta = {"schema": SCHEMA, "profile": profile, "preset": PROFILES[profile]["faceparts"].preset,
+            "git_commit": _git_commit(), "versions": _versions(), "sizes": sizes,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    written = []
+    for name, runs, summarise in (("part_swap_game.json", games, explain.game_summary),
+                                  ("occlusion.json", occlusions, explain.occlusion_summary)):
+        path = Path(results_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = json.loads(json.dumps({**meta, "runs": runs, "summary": summarise(runs)}, default=_json_default))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(path)
+        written.append(path)
+        echo(f"wrote {path}")
+    return written
+
+
+def _json_default(value: Any):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # ------------------------------------------------------------------------------- result files
@@ -500,8 +583,9 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                         help="quick: the CPU grid; full: the GPU grid")
     parser.add_argument("--studies", nargs="+", default=None,
-                        help="subset of: faceparts lfw ablations (default: faceparts lfw; ablations: one seed of "
-                             "ECLoss per documented choice)")
+                        help="subset of: faceparts lfw ablations game (default: faceparts lfw; ablations: one seed "
+                             "of ECLoss per documented choice; game: the part-swap game and occlusion study on the "
+                             "faceparts models)")
     parser.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS), help="default: all four")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data-root", default=None,

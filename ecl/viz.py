@@ -476,7 +476,7 @@ def channel_explorer(
     channel_choice = widgets.Dropdown(description="channel", layout=widgets.Layout(width="340px"))
     image_choice = widgets.IntSlider(value=0, min=0, max=num_images - 1, description="image")
     opacity = widgets.FloatSlider(value=0.55, min=0.0, max=1.0, step=0.05, description="opacity")
-    picture = widgets.Image(format="png")
+    picture = widgets.Image(format="png", width=int(images.shape[-1]) * scale)
     caption = widgets.HTML()
 
     def refill(_: Any = None) -> None:
