@@ -128,7 +128,7 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{README_START}\nold\n{README_END}\n\nrest\n")
-    assert update_readme(readme, [_record("ecloss", 0)])
+    assert update_readme(readme, [_record("ecloss", 0)], tmp_path)
     text = readme.read_text()
     assert text.startswith("# x\n\n") and text.endswith("\n\nrest\n") and "| faceparts | ecloss |" in text
-    assert not update_readme(readme, [_record("ecloss", 0)])
+    assert not update_readme(readme, [_record("ecloss", 0)], tmp_path)
