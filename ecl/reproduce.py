@@ -255,12 +255,7 @@ def run_grid(
                     continue
                 start = time.perf_counter()
                 record = run_one(name, study, method, seed, profile, runs_root, data_root, overrides, max_images, device)
-                problems = validate_result(record)
-                if problems:
-                    raise ValueError(f"result of {name}/{method}/seed {seed} is malformed: {problems}")
-                tmp = path.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(record, indent=1) + "\n")
-                tmp.replace(path)
+                _save_result(path, record)
                 written.append(path)
                 echo(f"{time.perf_counter() - start:7.1f} s  {path}")
     return written
@@ -285,12 +280,7 @@ def _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_im
         record = run_one(f"ablation: {name}", base, "ecloss", seed, profile, runs_root, data_root,
                          [*overrides, *extra], max_images, device)
         record["ablation"] = {"name": name, "overrides": list(extra)}
-        problems = validate_result(record)
-        if problems:
-            raise ValueError(f"ablation {name!r} result is malformed: {problems}")
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(path)
+        _save_result(path, record)
         written.append(path)
         echo(f"{time.perf_counter() - start:7.1f} s  {path}")
     return written
@@ -356,23 +346,27 @@ def run_game(
                                   ("occlusion.json", occlusions, explain.occlusion_summary)):
         path = Path(results_dir) / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = json.loads(json.dumps({**meta, "runs": runs, "summary": summarise(runs)}, default=_json_default))
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(path)
+        _write_json(path, {**meta, "runs": runs, "summary": summarise(runs)})
         written.append(path)
         echo(f"wrote {path}")
     return written
 
 
-def _json_default(value: Any):
-    import numpy as np
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write a JSON file atomically (numpy values converted), so an interrupted grid leaves no half file."""
+    from ecl.evaluate import _json_default
 
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _save_result(path: Path, record: dict[str, Any]) -> None:
+    """Validate a run's result record, then write it."""
+    problems = validate_result(record)
+    if problems:
+        raise ValueError(f"result for {path.name} is malformed: {problems}")
+    _write_json(path, record)
 
 
 # ------------------------------------------------------------------------------- result files
