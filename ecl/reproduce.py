@@ -217,8 +217,12 @@ def run_grid(
     device: str | None = None,
     skip_existing: bool = True,
     echo: Callable[[str], None] = print,
+    ablations: Iterable[str] | None = None,
 ) -> list[Path]:
     """Train and evaluate every (study, method, seed) of a profile; write one JSON result per run.
+
+    The pseudo-studies ``ablations`` (ECLoss with each of :data:`ABLATIONS`, or those named in
+    ``ablations``, for each seed) and ``game`` (:func:`run_game`) can be named in ``studies``.
 
     Runs are trained through :func:`ecl.train.load_or_train`, so an interrupted grid resumes where it
     stopped; a result file that already exists is kept (``skip_existing``).
@@ -243,7 +247,7 @@ def run_grid(
             continue
         if name == "ablations":
             written += _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_images, device,
-                                      skip_existing, echo, seed=min(seeds))
+                                      skip_existing, echo, seeds=seeds, names=ablations)
             continue
         study = PROFILES[profile][name]
         for seed in seeds:
@@ -267,10 +271,15 @@ def ablation_slug(name: str) -> str:
 
 
 def _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_images, device, skip_existing, echo,
-                   seed: int = 0) -> list[Path]:
+                   seeds: Iterable[int] = (0,), names: Iterable[str] | None = None) -> list[Path]:
     base = PROFILES[profile]["faceparts"]
+    names = list(names) if names else list(ABLATIONS)
+    unknown = [n for n in names if n not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablations {unknown}: choose from {list(ABLATIONS)}")
     written = []
-    for name, extra in ABLATIONS.items():
+    for seed, name in ((seed, name) for seed in seeds for name in names):
+        extra = ABLATIONS[name]
         path = result_path(results_dir, f"ablation_{ablation_slug(name)}", "ecloss", seed)
         if skip_existing and path.is_file():
             echo(f"   kept  {path}")
@@ -602,6 +611,8 @@ def add_subparser(subparsers) -> None:
                         help="config overrides applied to every run (they change the run folders)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate on fewer images (a quick look)")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    parser.add_argument("--ablations", nargs="+", default=None, metavar="NAME",
+                        help=f"with --studies ablations: only these (of: {', '.join(repr(n) for n in ABLATIONS)})")
     parser.add_argument("--redo", action="store_true", help="recompute result files that exist")
     parser.add_argument("--summary", action="store_true",
                         help="train nothing: print the mean ± std table of the results in --results as markdown")
@@ -625,7 +636,7 @@ def _main(args: argparse.Namespace) -> int:
         run_grid(
             profile=args.profile, studies=args.studies, methods=args.methods, seeds=args.seeds,
             runs_root=args.runs, results_dir=args.results, data_root=args.data_root, overrides=args.set,
-            max_images=args.max_images, device=args.device, skip_existing=not args.redo,
+            max_images=args.max_images, device=args.device, skip_existing=not args.redo, ablations=args.ablations,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
