@@ -235,19 +235,21 @@ def run_book(
     wanted = {**PROFILES[profile], **(parameters or {})}
     notebooks = toc_notebooks(root)
     executed: dict[Path, Path] = {}
+    ran = 0
     total = time.perf_counter()
     for rel in notebooks:
         dst = out / "executed" / rel
         if only and not any(part in str(rel) for part in only):
-            if dst.is_file():
+            if dst.is_file():  # an executed copy from an earlier run is staged as it is
                 executed[rel] = dst
             continue
         params = notebook_parameters(root / rel, wanted)
         seconds = execute_notebook(root / rel, dst, params, kernel=kernel)
         check_executed(dst)
         executed[rel] = dst
+        ran += 1
         echo(f"{seconds:7.1f} s  {rel}")
-    echo(f"{time.perf_counter() - total:7.1f} s  executed {len(executed)} notebook(s), profile {profile!r}")
+    echo(f"{time.perf_counter() - total:7.1f} s  executed {ran} notebook(s), profile {profile!r}")
     if not build:
         return None
     missing = [str(rel) for rel in notebooks if rel not in executed]
