@@ -81,7 +81,7 @@ class Study:
 
 
 #: The ablations of the documented choices (METHOD section 4): each is ECLoss on the FaceParts grid preset
-#: with these overrides, one seed; the grid's ``faceparts`` ECLoss and baseline runs of that seed are the
+#: with these overrides (one seed unless more are asked for); the grid's ``faceparts`` ECLoss and baseline runs of that seed are the
 #: reference. Run with ``python -m ecl reproduce --studies ablations``.
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "lambda=0.3": ("loss.lambda=0.3",),
@@ -146,7 +146,7 @@ def run_one(
     """Train (or load) one method and seed of a study, evaluate it, and return the result record."""
     from ecl.config import config_to_dict, load_config
     from ecl.evaluate import evaluate_model
-    from ecl.train import load_or_train
+    from ecl.train import load_or_train, read_metrics
 
     root = Path(data_root) if data_root else None
     extra = list(overrides)
@@ -162,8 +162,7 @@ def run_one(
     start = time.perf_counter()
     model, run_dir = load_or_train(config, root=runs_root)
     train_seconds = time.perf_counter() - start
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = [m for m in metrics if m.get("event") == "step"]
+    steps = [m for m in read_metrics(run_dir) if m.get("event") == "step"]
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "study": study_name,

@@ -80,6 +80,7 @@ __all__ = [
     "load_checkpoint",
     "find_checkpoint",
     "run_dir_for",
+    "read_metrics",
     "resolve_device",
     "resolve_amp",
     "learning_rate",
@@ -495,6 +496,14 @@ def run_dir_for(config: ExperimentConfig, root: str | Path = "runs") -> Path:
     digest = config_hash(config)
     name = f"{config.run.name}-{digest}" if config.run.name else digest
     return Path(root) / name
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The events of a run's ``metrics.jsonl``, in order (see :func:`fit` for their keys)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder written by ecl.train.fit?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def find_checkpoint(path: str | Path) -> Path | None:

@@ -21,7 +21,6 @@ __all__ = [
     "faces_figure",
     "masks_overlay",
     "metric_bars",
-    "read_metrics",
     "roc_figure",
     "top_channels_figure",
     "training_curves",
@@ -333,17 +332,6 @@ def faces_figure(
     return fig
 
 
-def read_metrics(run_dir: str | Any) -> list[dict[str, Any]]:
-    """The events of a run's ``metrics.jsonl`` (see :func:`ecl.train.fit`)."""
-    import json
-    from pathlib import Path
-
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a run folder written by ecl.train.fit?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def training_curves(runs: Mapping[str, Any], keys: Sequence[str] = ("loss", "id", "match")):
     """Training curves of several runs side by side, one panel per metric, read from their ``metrics.jsonl``.
 
@@ -356,6 +344,8 @@ def training_curves(runs: Mapping[str, Any], keys: Sequence[str] = ("loss", "id"
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    from ecl.train import read_metrics
 
     fig = make_subplots(rows=1, cols=len(keys), subplot_titles=list(keys))
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
