@@ -100,6 +100,8 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "lambda=10 gamma=0.05": ("loss.lambda=10", "loss.gamma=0.05"),
     "lambda=10 centroid": ("loss.lambda=10", "loss.peak=centroid"),
     "lambda=10 forward mask": ("loss.lambda=10", "model.forward_mask=true"),
+    "lambda=10 beta=14": ("loss.lambda=10", "loss.beta=14"),
+    "lambda=30 beta=8": ("loss.lambda=30", "loss.beta=8"),
 }
 
 #: The studies of each profile. ``quick`` is the CPU grid (minutes per run); ``full`` the GPU one.
