@@ -9,7 +9,10 @@ All metrics read the target-layer ``activations`` (B, C, H, W) a ``FaceModel`` r
   (for the Network Dissection quantile) and of the upsampled maps over all pixels and inside each
   part mask (O(C P bins) counts), which give the part-IoU tallies at the quantile threshold at the
   end of the pass; and how often each channel's peak falls inside each part. No activation map
-  outlives its batch, so memory does not grow with the number of images beyond O(N C).
+  outlives its batch, so memory does not grow with the number of images beyond O(N C). Only the
+  upsampled values that can still count are computed: those above a running lower bound of the
+  final threshold, found block by block near the cells above it (``upsampled_above``), so the pass
+  costs well under twice the forward pass (``benchmarks/bench_explain.py``).
 - ``location_instability`` (ICNN), ``part_iou_from_stats`` (Network Dissection, from the one pass;
   ``part_iou`` is the exact two-pass version), ``peak_hit_rate`` (pointing game),
   ``translation_tracking`` (label-free: does a channel's peak follow the face when the image
@@ -34,6 +37,7 @@ Approximations, stated where they are made:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -166,11 +170,17 @@ class ChannelHistograms:
                 f"update takes values of all {self.num_channels} channels; got {values.shape[0]} rows"
             )
         self.extend(values.amax(1))
-        positive = values > 0
+        nonpositive = values.shape[1] - (values > 0).sum(1)
         self.count += values.shape[1]
-        self.zeros += values.shape[1] - positive.sum(1)
-        rows, _ = torch.nonzero(positive, as_tuple=True)
-        self.add(values[positive], rows, 0)
+        self.zeros += nonpositive
+        # Bin every value (cheaper than selecting the positive ones first): the non-positive ones all
+        # land in bin 0 of group 0, and are taken out of it again since they are counted apart.
+        scale = (self.bins / self.hi.clamp_min(1e-30)).float()
+        index = (values * scale[:, None]).long().clamp_(0, self.bins - 1)
+        index += (torch.arange(self.num_channels, device=index.device) * (self.groups * self.bins))[:, None]
+        ones = torch.ones(1, dtype=torch.long, device=index.device).expand(index.numel())
+        self.hist.view(-1).index_add_(0, index.view(-1), ones)
+        self.hist[:, 0, 0] -= nonpositive
 
     def lower_bound(self, rank: int) -> torch.Tensor:
         """Per channel, a value with at least ``rank`` group-0 values at or above it (C,).
@@ -208,12 +218,11 @@ class ChannelHistograms:
         position = (thresholds / self.hi.clamp_min(1e-300) * self.bins).clamp(0, self.bins)
         index = position.floor().long().clamp_(max=self.bins - 1)
         fraction = (position - index.double()).clamp(0, 1)  # share of the threshold's bin below it
-        hist = self.hist.double()
-        above = hist.flip(-1).cumsum(-1).flip(-1)  # above[..., k] = count in bins k and up
+        below = self.hist.cumsum(-1)  # below[..., k] = count in bins 0..k (one copy of the counts)
         at = index[:, None, None].expand(-1, self.groups, 1)
-        from_bin = above.gather(2, at).squeeze(2)
-        in_bin = hist.gather(2, at).squeeze(2)
-        return from_bin - fraction[:, None] * in_bin
+        in_bin = self.hist.gather(2, at).squeeze(2)
+        from_bin = below[..., -1] - below.gather(2, at).squeeze(2) + in_bin  # count in bins k and up
+        return from_bin.double() - fraction[:, None] * in_bin.double()
 
 
 # --------------------------------------------------------------------------- one streaming pass
@@ -286,46 +295,122 @@ def peak_in_masks(cells: torch.Tensor, map_size: tuple[int, int], masks: torch.T
     return masks.reshape(b, p, image_h * image_w).gather(2, flat).transpose(1, 2)
 
 
+@functools.lru_cache(maxsize=16)
+def _bilinear_blocks(h: int, w: int, image_h: int, image_w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear upsampling (``F.interpolate``, ``align_corners=False``) written cell by cell.
+
+    Every output pixel belongs to the cell that contains its centre, and its value is a weighted sum
+    of that cell's 3 x 3 neighbourhood. Returns, for the h x w cells: ``classes`` (h * w,) long, the
+    index of each cell's weight matrix; ``weights`` (U, 9, m) float32, the U distinct matrices
+    (neighbourhood in row-major order, m pixels per block, zero columns where a block is smaller);
+    ``pixels`` (h * w, m) long, each block's flat pixel indices (-1 for the padding).
+    """
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+        # As ATen computes it in float32: source = max((dst + 0.5) * n_in / n_out - 0.5, 0).
+        scale = np.float32(n_in) / np.float32(n_out)
+        dst = np.arange(n_out, dtype=np.float32)
+        src = np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
+        i0 = src.astype(np.int64)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        lam1 = (src - i0.astype(np.float32)).astype(np.float32)
+        lam0 = (np.float32(1) - lam1).astype(np.float32)
+        owner = np.minimum(((dst + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+        size = int(np.bincount(owner, minlength=n_in).max())
+        coords = np.full((n_in, size), -1, dtype=np.int64)
+        weights = np.zeros((n_in, size, 3), dtype=np.float32)  # neighbours owner - 1, owner, owner + 1
+        slot = np.zeros(n_in, dtype=np.int64)
+        for d in range(n_out):
+            o, t = owner[d], slot[owner[d]]
+            assert o - 1 <= i0[d] <= i1[d] <= o + 1, "an upsampled pixel reads beyond its cell's neighbours"
+            slot[o] += 1
+            coords[o, t] = d
+            weights[o, t, i0[d] - o + 1] += lam0[d]
+            weights[o, t, i1[d] - o + 1] += lam1[d]
+        return coords, weights
+
+    if image_h < h or image_w < w:
+        raise ValueError(f"part masks ({image_h} x {image_w}) must be at least as large as the maps ({h} x {w})")
+    rows, row_w = axis(h, image_h)
+    cols, col_w = axis(w, image_w)
+    # (h, w, 3, 3, mh, mw): weight of neighbour (a, b) for block pixel (t, u)
+    full = np.einsum("ita,jub->ijabtu", row_w, col_w).reshape(h * w, 9, -1)
+    unique, classes = np.unique(full, axis=0, return_inverse=True)
+    pixel = rows[:, None, :, None] * image_w + cols[None, :, None, :]
+    pixel = np.where((rows[:, None, :, None] >= 0) & (cols[None, :, None, :] >= 0), pixel, -1)
+    return (
+        torch.as_tensor(classes.reshape(-1), dtype=torch.long),
+        torch.as_tensor(unique, dtype=torch.float32),
+        torch.as_tensor(pixel.reshape(h * w, -1), dtype=torch.long),
+    )
+
+
+def upsampled_above(
+    activations: torch.Tensor, floor: torch.Tensor, image_size: tuple[int, int], max_cells: int = 1 << 13
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The pixels of the bilinearly upsampled maps whose value exceeds each channel's ``floor``.
+
+    Equal (to float rounding) to thresholding ``F.interpolate(activations, image_size,
+    mode="bilinear", align_corners=False)``, but only the blocks of cells whose 3 x 3 neighbourhood
+    holds a value above the floor are computed (an upsampled value never exceeds its four source
+    cells), in chunks of at most ``max_cells`` blocks.
+
+    Args:
+        activations: (B, C, H, W). floor: (C,). image_size: (S_h, S_w), at least (H, W).
+
+    Yields:
+        ``(values, image, channel, pixel)`` 1-D tensors: each kept value, its image and channel, and
+        its flat pixel index ``y * S_w + x``.
+    """
+    b, c, h, w = activations.shape
+    classes, weights, pixels = (t.to(activations.device) for t in _bilinear_blocks(h, w, *image_size))
+    floor = floor.to(activations.dtype)
+    padded = F.pad(activations, (1, 1, 1, 1))
+    # The largest value of each cell's 3 x 3 neighbourhood (separable; cheaper than max_pool2d on a CPU).
+    rows_max = torch.maximum(torch.maximum(padded[:, :, :-2], padded[:, :, 1:-1]), padded[:, :, 2:])
+    local_max = torch.maximum(torch.maximum(rows_max[..., :-2], rows_max[..., 1:-1]), rows_max[..., 2:])
+    index = torch.nonzero((local_max > floor[None, :, None, None]).reshape(-1)).flatten()
+    if len(index) == 0:
+        return
+    padded = padded.reshape(-1)
+    offsets = (torch.arange(3, device=index.device)[:, None] * (w + 2) + torch.arange(3, device=index.device)).reshape(-1)
+    for start in range(0, len(index), max_cells):
+        flat = index[start : start + max_cells]
+        cell = flat % (h * w)
+        map_index = flat // (h * w)  # b * C + c
+        i, j = cell // w, cell % w
+        base = (map_index * (h + 2) + i) * (w + 2) + j
+        neighbourhood = padded[base[:, None] + offsets]  # (K, 9)
+        cls = classes[cell]
+        values = torch.empty(len(flat), weights.shape[2], dtype=activations.dtype, device=activations.device)
+        for u in torch.unique(cls).tolist():
+            rows = torch.nonzero(cls == u).flatten()
+            values[rows] = neighbourhood[rows] @ weights[u]
+        channel = map_index % c
+        pix = pixels[cell]
+        keep = (values > floor[channel][:, None]) & (pix >= 0)
+        rows, cols = torch.nonzero(keep, as_tuple=True)
+        yield values[rows, cols], map_index[rows] // c, channel[rows], pix[rows, cols]
+
+
 def _upsampled_histograms(
     histograms: ChannelHistograms,
     activations: torch.Tensor,
-    maxima: torch.Tensor,
     masks: torch.Tensor,
     floor: torch.Tensor,
-    max_values: int = 1 << 23,
 ) -> None:
     """Add one batch's bilinearly upsampled maps to the histograms: group P + 1 all pixels, group
-    1 + p the pixels inside part p, counting only values above each channel's ``floor`` (C,).
-
-    Only maps whose maximum exceeds the floor are upsampled (a bilinear value never exceeds its
-    map's maximum), in chunks of at most ``max_values`` upsampled values, and only the pixels above
-    the floor are binned.
+    1 + p the pixels inside part p, counting only values above each channel's ``floor`` (C,)
+    (computed block by block, see ``upsampled_above``).
     """
-    b, c, h, w = activations.shape
+    b = activations.shape[0]
     p, image_h, image_w = masks.shape[1:]
-    pixels = image_h * image_w
-    flat_masks = masks.reshape(b, p, pixels)
-    exclusive = bool((flat_masks.sum(1) <= 1).all())
-    if exclusive:  # a parsing map (FaceParts): one part id per pixel
-        labels = torch.where(flat_masks.any(1), 1 + flat_masks.to(torch.uint8).argmax(1), -1)  # (B, S^2)
-    image_index, channel_index = torch.nonzero(maxima > floor[None, :].to(maxima.dtype), as_tuple=True)
-    chunk = max(1, max_values // max(pixels, 1))
-    for start in range(0, len(image_index), chunk):
-        images, channels = image_index[start : start + chunk], channel_index[start : start + chunk]
-        maps = activations[images, channels][:, None]  # (K, 1, H, W)
-        upsampled = F.interpolate(maps, size=(image_h, image_w), mode="bilinear", align_corners=False)
-        upsampled = upsampled.reshape(len(images), pixels)
-        rows, cols = torch.nonzero(upsampled > floor[channels].to(upsampled.dtype)[:, None], as_tuple=True)
-        values, image, channel = upsampled[rows, cols], images[rows], channels[rows]
+    flat_masks = masks.reshape(b, p, image_h * image_w)
+    for values, image, channel, pixel in upsampled_above(activations, floor, (image_h, image_w)):
         histograms.add(values, channel, p + 1)
-        if exclusive:
-            part = labels[image, cols]
-            inside = part >= 0
-            histograms.add(values[inside], channel[inside], part[inside])
-        else:
-            for part in range(p):
-                inside = flat_masks[image, part, cols]
-                histograms.add(values[inside], channel[inside], 1 + part)
+        # Part masks may overlap: a value counts once in every part that holds its pixel.
+        kept, part = torch.nonzero(flat_masks[image, :, pixel], as_tuple=True)
+        histograms.add(values[kept], channel[kept], 1 + part)
 
 
 @torch.no_grad()
@@ -399,7 +484,7 @@ def collect_activations(
                 # Values at or below a lower bound of the final threshold can never count: skip
                 # them (after the first q of the data, most maps) to keep the pass cheap.
                 floor = histograms.lower_bound(rank) if rank is not None else torch.zeros_like(histograms.hi)
-                _upsampled_histograms(histograms, activations, values, masks, floor)
+                _upsampled_histograms(histograms, activations, masks, floor)
                 hits = (peak_in_masks(peaks, map_size, masks) & (values > 0)[..., None]).sum(0)
                 area = masks.sum((0, 2, 3))
                 part_hits = hits if part_hits is None else part_hits + hits

@@ -28,6 +28,7 @@ from ecl.explain import (
     peak_hit_rate,
     shift_images,
     translation_tracking,
+    upsampled_above,
 )
 
 S, CELL = 32, 4  # 32 x 32 images, 8 x 8 maps: one cell is 4 x 4 pixels
@@ -224,6 +225,26 @@ def test_bilinear_upsampling_of_one_cell_covers_its_pixels_but_the_corners():
     intersection, map_area, part_area = iou_tallies(activations, masks, torch.tensor([0.5]))
     assert intersection.item() == 12 and map_area.item() == 12 and part_area.item() == 16
     assert part_iou_from_tallies(intersection, map_area, part_area, ["cell"]).iou[0, 0] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("sizes", [(14, 14, 112, 112), (7, 7, 112, 112), (14, 14, 100, 120), (5, 3, 17, 29), (4, 4, 4, 4)])
+def test_block_upsampling_keeps_exactly_the_interpolated_pixels_above_the_floor(sizes):
+    # The one pass computes only the blocks near cells above the floor; it must keep the same pixels,
+    # with the same values, as thresholding F.interpolate (integer and fractional scales alike).
+    h, w, image_h, image_w = sizes
+    generator = torch.Generator().manual_seed(0)
+    activations = torch.relu(torch.randn(3, 5, h, w, generator=generator))
+    floor = torch.rand(5, generator=generator) * 1.5
+    reference = F.interpolate(activations, size=(image_h, image_w), mode="bilinear", align_corners=False)
+    expected = (reference > floor[None, :, None, None]).reshape(3, 5, -1)
+    kept = torch.zeros_like(expected)
+    values = torch.zeros(expected.shape)
+    for value, image, channel, pixel in upsampled_above(activations, floor, (image_h, image_w), max_cells=37):
+        assert not kept[image, channel, pixel].any(), "a pixel was yielded twice"
+        kept[image, channel, pixel] = True
+        values[image, channel, pixel] = value
+    assert torch.equal(kept, expected)
+    torch.testing.assert_close(values[kept], reference.reshape(3, 5, -1)[kept], rtol=1e-5, atol=1e-6)
 
 
 def test_streaming_part_iou_with_dataset_quantile_thresholds():
