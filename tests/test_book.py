@@ -12,7 +12,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 import yaml
 
 from ecl.book import BookError, check_executed, run_book, toc_notebooks
