@@ -46,8 +46,10 @@ def test_method_configs_differ_only_in_the_regulariser_and_seed():
     for config in configs.values():
         assert config.model == base.model and config.optim == base.optim and config.data == base.data
         assert config.run.seed == 1
-    assert len({c.run.name for c in configs.values()}) == 4
+    assert len({c.run.name for c in configs.values()}) == len(METHODS)
     assert configs["sad"].loss.gamma > 0, "SAD without a diversity weight would be the baseline"
+    tuned, default = configs["ecloss-tuned"].loss, configs["ecloss"].loss
+    assert (tuned.lambda_, tuned.beta) == (10.0, 8.0) and (default.lambda_, default.beta) == (1.0, 4.0)
     with pytest.raises(ValueError, match="unknown method"):
         method_config(base, "arcface")
 
@@ -99,6 +101,23 @@ def test_compare_methods_flags_a_clear_improvement_and_ignores_noise(tmp_path):
     assert row["better"] and row["beyond noise"] and row["relative change"] == pytest.approx(-0.5, abs=0.01)
     acc = table.loc["verification accuracy"]
     assert not acc["better"] and not acc["beyond noise"]
+
+
+def test_pick_setting_takes_the_lowest_instability_among_points_that_keep_accuracy():
+    import pandas as pd
+
+    from ecl.reproduce import pick_setting
+
+    records = [_record("baseline", seed, accuracy=0.90 + 0.01 * (seed - 1), instability=0.10) for seed in range(3)]
+    points = {"lambda=10": (0.90, 0.08), "lambda=30": (0.80, 0.05), "lambda=10 beta=8": (0.89, 0.06)}
+    for name, (accuracy, instability) in points.items():
+        records.append({**_record("ecloss", 0, accuracy=accuracy, instability=instability), "study": f"ablation: {name}"})
+    chosen, table = pick_setting(results_frame(records), candidates=[*points, "never run"])
+    # lambda=30 has the lowest instability but loses accuracy beyond the baseline's 0.90 - 2 * 0.01.
+    assert chosen == "lambda=10 beta=8"
+    assert list(table["search point"]) == ["lambda=30", "lambda=10 beta=8", "lambda=10"]
+    assert list(table["qualifies"]) == [False, True, True] and table["chosen"].sum() == 1
+    assert pick_setting(pd.DataFrame(columns=["study", "method", "seed"]))[0] is None
 
 
 def test_summary_cli_prints_a_markdown_table(tmp_path, capsys):
