@@ -88,7 +88,7 @@ def test_committed_results_match_the_schema():
 
 
 def test_compare_methods_flags_a_clear_improvement_and_ignores_noise(tmp_path):
-    from ecl.reproduce import compare_methods
+    from ecl.reproduce import claim_sentence, compare_methods
 
     for seed in range(3):
         # ECLoss: instability clearly lower (0.05 vs 0.10, tiny spread); accuracy within noise.
@@ -101,6 +101,9 @@ def test_compare_methods_flags_a_clear_improvement_and_ignores_noise(tmp_path):
     assert row["better"] and row["beyond noise"] and row["relative change"] == pytest.approx(-0.5, abs=0.01)
     acc = table.loc["verification accuracy"]
     assert not acc["better"] and not acc["beyond noise"]
+    sentence = claim_sentence(table, "faceparts")
+    assert "-50.0% (the aim was -25% or better): lower beyond seed noise, aim met." in sentence
+    assert "Verification accuracy 0.870 -> 0.850: at least the baseline's within the error bars." in sentence
 
 
 def test_pick_setting_takes_the_lowest_instability_among_points_that_keep_accuracy():
