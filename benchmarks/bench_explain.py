@@ -15,6 +15,12 @@ resident memory during (3) beyond what (2) needed. Memory that does not grow wit
 images shows as the same extra peak at both sizes, apart from the O(N C) per-map maxima and peaks
 (reported).
 
+Peak memory is the process's high-water mark, which includes what glibc's heap keeps after frees:
+its default mmap threshold rises after large frees, so later large temporaries come from a heap that
+is not handed back and the mark can creep with the number of batches. ``--fixed-mmap-threshold`` runs
+the measurements with ``MALLOC_MMAP_THRESHOLD_=131072`` (large blocks always mapped and returned),
+which shows what the pass itself keeps.
+
 ``--exact`` also runs the exact second pass of part IoU and prints the largest difference
 between its IoUs and the one-pass ones. Translation tracking runs on a fixed subset of images
 (128 by default, 9 forward passes each), whatever the dataset size: it is timed apart.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -136,6 +143,8 @@ def main() -> None:
     )
     parser.add_argument("--exact", action="store_true", help="also time the exact two-pass part IoU")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--fixed-mmap-threshold", action="store_true",
+                        help="measure with MALLOC_MMAP_THRESHOLD_=131072 (glibc: large blocks always returned)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -159,7 +168,7 @@ def main() -> None:
     sizes = [max(args.images // 4, 1), args.images] if not args.quick else [8, 16]
     print(
         f"explainability pass vs forward pass: {args.backbone} at {args.image_size} px, device {args.device}, "
-        f"batch {args.batch_size}"
+        f"batch {args.batch_size}" + (", MALLOC_MMAP_THRESHOLD_=131072" if args.fixed_mmap_threshold else "")
     )
     results = []
     for size in sizes:
@@ -182,7 +191,8 @@ def main() -> None:
                    "--image-size", str(args.image_size), "--repeat", str(args.repeat)]  # fmt: skip
         if args.exact:
             command.append("--exact")
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if args.fixed_mmap_threshold else None
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             sys.exit(f"measurement at {size} images failed:\n{done.stderr}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
