@@ -127,6 +127,9 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "lambda=10 centroid gamma=0.5": ("loss.lambda=10", "loss.peak=centroid", "loss.gamma=0.5"),
     "lambda=10 centroid forward mask": ("loss.lambda=10", "loss.peak=centroid", "model.forward_mask=true"),
     "lambda=10 centroid 28x28 (layer2)": ("loss.lambda=10", "loss.peak=centroid", "model.target_layer=layer2"),
+    # Round 3: gamma = 0.05 spread the detectors over nose and mouth, 0.5 cost the instability aim.
+    "lambda=10 centroid gamma=0.1": ("loss.lambda=10", "loss.peak=centroid", "loss.gamma=0.1"),
+    "lambda=10 centroid gamma=0.2": ("loss.lambda=10", "loss.peak=centroid", "loss.gamma=0.2"),
 }
 assert METHODS["ecloss-tuned"] == ("loss.method=ecloss", *ABLATIONS[SEARCHED])
 
@@ -135,7 +138,8 @@ SEARCH: tuple[str, ...] = (
     "lambda=0.3", "lambda=10", "lambda=30", "beta=2", "beta=8", "gamma=0.05", "peak=centroid", "forward mask",
     "target 7x7 (layer4)", "lambda=10 beta=8", "lambda=10 gamma=0.05", "lambda=10 centroid", "lambda=10 beta=14",
     "lambda=30 beta=8", "lambda=10 centroid gamma=0.05", "lambda=10 centroid gamma=0.5",
-    "lambda=10 centroid forward mask", "lambda=10 centroid 28x28 (layer2)",
+    "lambda=10 centroid forward mask", "lambda=10 centroid 28x28 (layer2)", "lambda=10 centroid gamma=0.1",
+    "lambda=10 centroid gamma=0.2",
 )  # fmt: skip
 
 
