@@ -106,25 +106,25 @@ def test_compare_methods_flags_a_clear_improvement_and_ignores_noise(tmp_path):
     assert "Verification accuracy 0.870 -> 0.850: at least the baseline's within the error bars." in sentence
 
 
-def test_pick_setting_prefers_coverage_among_points_that_meet_the_aim_and_keep_accuracy():
+def test_pick_setting_prefers_spread_detectors_among_points_that_meet_the_aim_and_keep_accuracy():
     import pandas as pd
 
     from ecl.reproduce import pick_setting
 
-    def run(study, method, accuracy, instability, parts=0, seed=0):
+    def run(study, method, accuracy, instability, spread=0.0, seed=0):
         record = _record(method, seed, accuracy=accuracy, instability=instability)
-        record["evaluation"]["explainability"]["jittered"]["part_iou"]["num_parts_covered"] = parts
+        record["evaluation"]["explainability"]["jittered"]["part_coverage"]["entropy_bits"] = spread
         return {**record, "study": study}
 
     records = [run("faceparts", "baseline", 0.90 + 0.01 * (seed - 1), 0.10, seed=seed) for seed in range(3)]
-    points = {  # (accuracy, instability, parts covered); the aim is instability <= 0.075
-        "lambda=30": (0.80, 0.03, 3),  # best numbers, but accuracy below 0.90 - 2 * 0.01
-        "lambda=10 centroid": (0.90, 0.03, 1),  # meets the aim with every detector on one part
-        "lambda=10 beta=8": (0.89, 0.06, 3),  # meets the aim, covers three parts: the pick
-        "lambda=10": (0.90, 0.08, 4),  # misses the aim: its coverage does not count
+    points = {  # (accuracy, instability, spread of the detectors in bits); the aim is instability <= 0.075
+        "lambda=30": (0.80, 0.03, 1.5),  # best numbers, but accuracy below 0.90 - 2 * 0.01
+        "lambda=10 centroid": (0.90, 0.03, -0.0),  # meets the aim with every detector on one part
+        "lambda=10 beta=8": (0.89, 0.06, 0.9),  # meets the aim, detectors over two parts: the pick
+        "lambda=10": (0.90, 0.08, 1.5),  # misses the aim: its spread does not count
     }
-    for name, (accuracy, instability, parts) in points.items():
-        records.append(run(f"ablation: {name}", "ecloss", accuracy, instability, parts))
+    for name, (accuracy, instability, spread) in points.items():
+        records.append(run(f"ablation: {name}", "ecloss", accuracy, instability, spread))
     chosen, table = pick_setting(results_frame(records), candidates=[*points, "never run"])
     assert chosen == "lambda=10 beta=8"
     assert list(table["search point"]) == ["lambda=10 beta=8", "lambda=10 centroid", "lambda=10", "lambda=30"]
