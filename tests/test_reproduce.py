@@ -122,13 +122,15 @@ def test_pick_setting_prefers_spread_detectors_among_points_that_meet_the_aim_an
         "lambda=10 centroid": (0.90, 0.03, -0.0),  # meets the aim with every detector on one part
         "lambda=10 beta=8": (0.89, 0.06, 0.9),  # meets the aim, detectors over two parts: the pick
         "lambda=10": (0.90, 0.08, 1.5),  # misses the aim: its spread does not count
+        "target 7x7 (layer4)": (0.90, 0.03, 1.5),  # measured on another layer than the baseline
     }
     for name, (accuracy, instability, spread) in points.items():
         records.append(run(f"ablation: {name}", "ecloss", accuracy, instability, spread))
     chosen, table = pick_setting(results_frame(records), candidates=[*points, "never run"])
     assert chosen == "lambda=10 beta=8"
-    assert list(table["search point"]) == ["lambda=10 beta=8", "lambda=10 centroid", "lambda=10", "lambda=30"]
-    assert list(table["meets aim"]) == [True, True, False, False] and table["chosen"].sum() == 1
+    assert list(table["search point"])[:3] == ["lambda=10 beta=8", "lambda=10 centroid", "lambda=10"]
+    assert set(table["search point"][3:]) == {"lambda=30", "target 7x7 (layer4)"}
+    assert list(table["meets aim"]) == [True, True, False, False, False] and table["chosen"].sum() == 1
     # No point meets the aim: the lowest instability among those that keep accuracy.
     fallback = [r for r in records if r["study"] in ("faceparts", "ablation: lambda=10", "ablation: lambda=30")]
     assert pick_setting(results_frame(fallback), candidates=list(points))[0] == "lambda=10"
