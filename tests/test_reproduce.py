@@ -49,7 +49,8 @@ def test_method_configs_differ_only_in_the_regulariser_and_seed():
     assert len({c.run.name for c in configs.values()}) == len(METHODS)
     assert configs["sad"].loss.gamma > 0, "SAD without a diversity weight would be the baseline"
     tuned, default = configs["ecloss-tuned"].loss, configs["ecloss"].loss
-    assert (tuned.lambda_, tuned.beta) == (10.0, 8.0) and (default.lambda_, default.beta) == (1.0, 4.0)
+    assert (tuned.lambda_, tuned.peak, tuned.gamma) == (10.0, "centroid", 0.05)
+    assert (default.lambda_, default.peak, default.gamma) == (1.0, "argmax", 0.0)
     with pytest.raises(ValueError, match="unknown method"):
         method_config(base, "arcface")
 
