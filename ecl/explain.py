@@ -12,7 +12,7 @@ All metrics read the target-layer ``activations`` (B, C, H, W) a ``FaceModel`` r
   outlives its batch, so memory does not grow with the number of images beyond O(N C). Only the
   upsampled values that can still count are computed: those above a running lower bound of the
   final threshold, found block by block near the cells above it (``upsampled_above``), so the pass
-  costs well under twice the forward pass (``benchmarks/bench_explain.py``).
+  costs less than twice the forward pass (1.5-1.8x on a CPU, ``benchmarks/bench_explain.py``).
 - ``location_instability`` (ICNN), ``part_iou_from_stats`` (Network Dissection, from the one pass;
   ``part_iou`` is the exact two-pass version), ``peak_hit_rate`` (pointing game),
   ``translation_tracking`` (label-free: does a channel's peak follow the face when the image

@@ -309,7 +309,7 @@ def run_grid(
     profile: str = "quick",
     studies: Iterable[str] | None = None,
     methods: Iterable[str] | None = None,
-    seeds: Iterable[int] = (0, 1, 2),
+    seeds: Iterable[int] | None = None,
     runs_root: str | Path = "runs",
     results_dir: str | Path = "book/results",
     data_root: str | Path | None = None,
@@ -324,6 +324,7 @@ def run_grid(
 
     The pseudo-studies ``ablations`` (ECLoss with each of :data:`ABLATIONS`, or those named in
     ``ablations``, for each seed) and ``game`` (:func:`run_game`) can be named in ``studies``.
+    ``seeds`` defaults to 0, 1 and 2, and to 0 alone for the ablations (one seed per point).
 
     Runs are trained through :func:`ecl.train.load_or_train`, so an interrupted grid resumes where it
     stopped; a result file that already exists is kept (``skip_existing``).
@@ -343,15 +344,15 @@ def run_grid(
     written = []
     for name in chosen:
         if name == "game":
-            written += run_game(profile, seeds, runs_root=runs_root, results_dir=results_dir, overrides=overrides,
+            written += run_game(profile, seeds or (0, 1, 2), runs_root=runs_root, results_dir=results_dir, overrides=overrides,
                                 device=device, echo=echo)
             continue
         if name == "ablations":
             written += _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_images, device,
-                                      skip_existing, echo, seeds=seeds, names=ablations)
+                                      skip_existing, echo, seeds=seeds or (0,), names=ablations)
             continue
         study = PROFILES[profile][name]
-        for seed in seeds:
+        for seed in seeds or (0, 1, 2):
             for method in methods:
                 path = result_path(results_dir, name, method, seed)
                 if skip_existing and path.is_file():
@@ -753,7 +754,8 @@ def add_subparser(subparsers) -> None:
                              "of ECLoss per documented choice; game: the part-swap game and occlusion study on the "
                              "faceparts models)")
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), help="default: all of them")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="default: 0 1 2 (ablations: 0, one seed per point)")
     parser.add_argument("--data-root", default=None,
                         help="folder holding lfw/ and celeba_subset/ (needed for the lfw study)")
     parser.add_argument("--runs", default="runs", help="run folders (default: runs)")

@@ -169,3 +169,15 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
     text = readme.read_text()
     assert text.startswith("# x\n\n") and text.endswith("\n\nrest\n") and "| faceparts | ecloss |" in text
     assert not update_readme(readme, [_record("ecloss", 0)], tmp_path)
+
+
+def test_grid_seeds_default_to_three_and_ablations_to_one(tmp_path, monkeypatch):
+    import ecl.reproduce as reproduce
+
+    calls = []
+    monkeypatch.setattr(reproduce, "run_one", lambda name, study, method, seed, *rest: calls.append((name, method, seed)) or {})
+    monkeypatch.setattr(reproduce, "_save_result", lambda path, record: None)
+    reproduce.run_grid(studies=["faceparts"], methods=["baseline"], results_dir=tmp_path, echo=lambda _: None)
+    reproduce.run_grid(studies=["ablations"], ablations=["lambda=10"], results_dir=tmp_path, echo=lambda _: None)
+    assert calls == [("faceparts", "baseline", 0), ("faceparts", "baseline", 1), ("faceparts", "baseline", 2),
+                     ("ablation: lambda=10", "ecloss", 0)]
