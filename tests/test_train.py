@@ -314,7 +314,11 @@ def test_sigint_to_the_cli_leaves_a_resumable_checkpoint(tmp_path, repo_root):
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # leave no training process behind
+        raise
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err
     ckpt = find_checkpoint(out)
