@@ -699,9 +699,12 @@ def readme_block(records: Sequence[dict[str, Any]], results_dir: str | Path = RE
     transfer = results_frame(records, source="transfer.celeba")
     if not transfer.empty:
         frame = pd.concat([frame, transfer.assign(study="lfw models on celeba")])
-    sentences = [claim_sentence(compare_methods(frame, study, method=m), study, method=m)
-                 for study in sorted(set(frame["study"])) for m in METHODS if m.startswith("ecloss")
-                 if not compare_methods(frame, study, method=m).empty]
+    sentences = []
+    for study in sorted(set(frame["study"])):
+        for method in (m for m in METHODS if m.startswith("ecloss")):
+            table = compare_methods(frame, study, method=method)
+            if not table.empty:
+                sentences.append(claim_sentence(table, study, method=method))
     if sentences:
         block += "\n\nThe claims, tested (beyond seed noise: a difference of the means over twice its standard error):\n\n"
         block += "\n".join(f"- {s}" for s in sentences)
