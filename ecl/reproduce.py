@@ -665,6 +665,20 @@ def claim_sentence(table, study: str, method: str = "ecloss", against: str = "ba
     ])  # fmt: skip
 
 
+def claim_sentences(frame, studies: Iterable[str] | None = None, methods: Iterable[str] | None = None) -> list[str]:
+    """:func:`claim_sentence` for every study (default: all in ``frame``) and ECLoss variant of :data:`METHODS`
+    (default: all of them) that has runs of its own and of the baseline."""
+    studies = sorted(set(frame["study"])) if studies is None else list(studies)
+    methods = [m for m in METHODS if m.startswith("ecloss")] if methods is None else list(methods)
+    sentences = []
+    for study in studies:
+        for method in methods:
+            table = compare_methods(frame, study, method=method)
+            if not table.empty:
+                sentences.append(claim_sentence(table, study, method=method))
+    return sentences
+
+
 def markdown_table(table) -> str:
     """A DataFrame (with a possibly multi-level index) as a GitHub markdown table."""
     frame = table.reset_index()
@@ -699,12 +713,7 @@ def readme_block(records: Sequence[dict[str, Any]], results_dir: str | Path = RE
     transfer = results_frame(records, source="transfer.celeba")
     if not transfer.empty:
         frame = pd.concat([frame, transfer.assign(study="lfw models on celeba")])
-    sentences = []
-    for study in sorted(set(frame["study"])):
-        for method in (m for m in METHODS if m.startswith("ecloss")):
-            table = compare_methods(frame, study, method=method)
-            if not table.empty:
-                sentences.append(claim_sentence(table, study, method=method))
+    sentences = claim_sentences(frame)
     if sentences:
         block += "\n\nThe claims, tested (beyond seed noise: a difference of the means over twice its standard error):\n\n"
         block += "\n".join(f"- {s}" for s in sentences)
