@@ -196,6 +196,9 @@ def pick_setting(frame, candidates: Sequence[str] = SEARCH, seed: int = 0):
     return chosen, table
 
 
+#: The seeds of the grid and the game (the ablations' search points use the first alone).
+SEEDS: tuple[int, ...] = (0, 1, 2)
+
 #: The studies of each profile. ``quick`` is the CPU grid (minutes per run); ``full`` the GPU one.
 PROFILES: dict[str, dict[str, Study]] = {
     "quick": {
@@ -344,15 +347,15 @@ def run_grid(
     written = []
     for name in chosen:
         if name == "game":
-            written += run_game(profile, seeds or (0, 1, 2), runs_root=runs_root, results_dir=results_dir, overrides=overrides,
+            written += run_game(profile, seeds or SEEDS, runs_root=runs_root, results_dir=results_dir, overrides=overrides,
                                 device=device, echo=echo)
             continue
         if name == "ablations":
             written += _run_ablations(profile, results_dir, runs_root, data_root, overrides, max_images, device,
-                                      skip_existing, echo, seeds=seeds or (0,), names=ablations)
+                                      skip_existing, echo, seeds=seeds or SEEDS[:1], names=ablations)
             continue
         study = PROFILES[profile][name]
-        for seed in seeds or (0, 1, 2):
+        for seed in seeds or SEEDS:
             for method in methods:
                 path = result_path(results_dir, name, method, seed)
                 if skip_existing and path.is_file():
@@ -406,7 +409,7 @@ GAME_SIZES = {
 
 def run_game(
     profile: str = "quick",
-    seeds: Iterable[int] = (0, 1, 2),
+    seeds: Iterable[int] = SEEDS,
     methods: Sequence[str] = ("baseline", "ecloss", "ecloss-tuned"),
     runs_root: str | Path = "runs",
     results_dir: str | Path = "book/results",
