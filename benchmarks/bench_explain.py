@@ -54,8 +54,9 @@ def measure(
     import numpy as np
     import torch
 
+    from ecl.activations import collect_activations
     from ecl.data import FaceParts
-    from ecl.explain import collect_activations, part_iou, part_iou_from_stats, translation_tracking
+    from ecl.metrics import part_iou, part_iou_from_stats, translation_tracking
     from ecl.models import create_face_model
 
     torch.manual_seed(0)
@@ -143,8 +144,11 @@ def main() -> None:
     )
     parser.add_argument("--exact", action="store_true", help="also time the exact two-pass part IoU")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    parser.add_argument("--fixed-mmap-threshold", action="store_true",
-                        help="measure with MALLOC_MMAP_THRESHOLD_=131072 (glibc: large blocks always returned)")
+    parser.add_argument(
+        "--fixed-mmap-threshold",
+        action="store_true",
+        help="measure with MALLOC_MMAP_THRESHOLD_=131072 (glibc: large blocks always returned)",
+    )
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:

@@ -10,7 +10,7 @@ What is measured:
    steps; a callback timestamps every step, so a step's time includes data loading, forward,
    backward and the optimiser step. Reported: median images/s over steps 2.. (the first step pays
    for lazy initialisation).
-2. ECLoss overhead: training steps of the preset's model with ``loss.method=none`` (baseline) and
+2. ECLoss overhead: ``ecl.train.train_step`` steps of the preset's model with ``loss.method=none`` (baseline) and
    ``loss.method=ecloss`` alternate step by step on one model (so drifting machine load hits both
    alike); the median ratio of adjacent steps' times is ECLoss's cost relative to the baseline step
    (the ratios of median and of fastest step times are printed too; on a busy shared machine
@@ -61,32 +61,29 @@ def step_times(config, steps: int) -> list[float]:
 def interleaved_step_times(cfg, pairs: int) -> dict[str, list[float]]:
     """Alternate baseline and ECLoss training steps on one model; seconds per step for each.
 
-    The steps are ``ecl.train``'s own: the same loader, model/head wrapper, objective, backward and
-    optimiser step as ``fit`` (no checkpoints or logging). Alternating step by step (and swapping
-    which goes first in every pair) makes a changing machine load hit both methods alike.
+    Each step is ``ecl.train.train_step``, the one ``fit`` takes (forward, objective, backward,
+    clipping, optimiser step), on batches of the training set (no checkpoints or logging).
+    Alternating step by step (and swapping which goes first in every pair) makes a changing machine
+    load hit both methods alike.
     """
     import dataclasses
 
-    from ecl.train import (
-        _build_optimizer,
-        _collate,
-        _TrainModule,
-        build_model,
-        build_train_dataset,
-        training_objective,
-    )
+    from ecl.data.factory import build_train_dataset
+    from ecl.data.sampler import collate_images_labels
+    from ecl.models import build_model
+    from ecl.train import TrainModule, build_optimizer, train_step
 
     dataset = build_train_dataset(cfg)
     torch.manual_seed(cfg.run.seed)
     model, head = build_model(cfg, int(dataset.num_classes))
-    module = _TrainModule(model, head).train()
-    optimizer = _build_optimizer((model, head), cfg.optim)
+    module = TrainModule(model, head).train()
+    optimizer = build_optimizer((model, head), cfg.optim)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.optim.batch_size,
         shuffle=True,
         drop_last=True,
-        collate_fn=_collate,
+        collate_fn=collate_images_labels,
         generator=torch.Generator().manual_seed(0),
     )
     loss_cfgs = {m: dataclasses.replace(cfg.loss, method=m) for m in ("none", "ecloss")}
@@ -101,11 +98,9 @@ def interleaved_step_times(cfg, pairs: int) -> dict[str, list[float]]:
                 batches = iter(loader)
                 images, labels = next(batches)
             start = time.perf_counter()
-            output, logits = module(images, labels)
-            loss, _ = training_objective(output, logits, labels, loss_cfgs[method])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(
+                module, optimizer, images, labels, loss_cfgs[method], clip_grad_norm=cfg.optim.clip_grad_norm
+            )
             if pair:  # pair 0 warms up
                 times[method].append(time.perf_counter() - start)
     return times
@@ -165,7 +160,8 @@ def bench_cpu(quick: bool) -> dict:
 def bench_gpu(quick: bool) -> dict:
     """resnet50 at 112 px, bf16 + channels_last, eager vs torch.compile (CUDA only)."""
     from ecl.config import ExperimentConfig
-    from ecl.train import _build_optimizer, _TrainModule, build_model, training_objective
+    from ecl.models import build_model
+    from ecl.train import TrainModule, build_optimizer, train_step
 
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -191,26 +187,18 @@ def bench_gpu(quick: bool) -> dict:
         model, head = build_model(cfg, num_classes=10_000)
         model.to(device=device, memory_format=torch.channels_last)
         head.to(device)
-        module = _TrainModule(model, head)
+        module = TrainModule(model, head).train()
         if compiled:
             module.model = torch.compile(model)
-        optimizer = _build_optimizer((model, head), cfg.optim)
+        optimizer = build_optimizer((model, head), cfg.optim)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         durations = []
         t_compile = time.perf_counter()
         for i in range(warmup + timed):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            with torch.autocast("cuda", dtype=dtype):
-                output, logits = module(images, labels)
-            loss, _ = training_objective(output, logits, labels, cfg.loss)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(module, optimizer, images, labels, cfg.loss, scaler=scaler, amp_dtype=dtype,
+                       clip_grad_norm=cfg.optim.clip_grad_norm)  # fmt: skip
             torch.cuda.synchronize()
             durations.append(time.perf_counter() - start)
             if i == warmup - 1:

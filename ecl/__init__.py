@@ -15,16 +15,25 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "activations",
+    "attribution",
     "book",
+    "checkpoint",
     "cli",
     "config",
     "data",
     "evaluate",
-    "explain",
+    "experiments",
     "losses",
+    "metrics",
     "models",
     "notebook",
+    "optim",
+    "reproduce",
+    "results",
+    "studies",
     "train",
+    "utils",
     "viz",
 )
 

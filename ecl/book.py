@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -103,11 +102,11 @@ def check_executed(path: str | os.PathLike) -> None:
             continue
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                raise BookError(
-                    f"{path}: cell {index} failed: {output.get('ename')}: {output.get('evalue')}"
-                )
+                raise BookError(f"{path}: cell {index} failed: {output.get('ename')}: {output.get('evalue')}")
         if cell.get("execution_count") is None:
-            raise BookError(f"{path}: cell {index} was never executed (missing output); rerun the book runner")
+            raise BookError(
+                f"{path}: cell {index} was never executed (missing output); rerun the book runner"
+            )
 
 
 def execute_notebook(
@@ -259,49 +258,3 @@ def run_book(
     html = build_html(stage_book(root, executed, out / "stage"), out)
     echo(f"{time.perf_counter() - start:7.1f} s  built {html / 'index.html'}")
     return html
-
-
-def _parse_param(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--param expects NAME=VALUE, got {text!r}")
-    name, value = text.split("=", 1)
-    return name, yaml.safe_load(value)
-
-
-def add_subparser(subparsers) -> None:
-    """Register ``python -m ecl book``."""
-    parser = subparsers.add_parser(
-        "book",
-        help="execute every chapter with papermill and build the HTML book",
-        description=(
-            "Execute every notebook listed in _toc.yml with papermill (profile parameters injected), "
-            "then build the HTML book with Jupyter Book 1.x into _build/html. Stops at the first failing "
-            "cell, naming the notebook and the cell."
-        ),
-    )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                        help="quick: 2-core CPU in minutes (CI); full: GPU, the book's full results")
-    parser.add_argument("--root", default=".", help="book root holding _config.yml and _toc.yml (default: .)")
-    parser.add_argument("--out", default=None, help="output folder (default: ROOT/_build)")
-    parser.add_argument("--only", action="append", metavar="TEXT",
-                        help="execute only notebooks whose path contains TEXT (repeatable)")
-    parser.add_argument("--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
-                        help="extra notebook parameter, value parsed as YAML (repeatable)")
-    parser.add_argument("--no-build", action="store_true", help="execute only, do not build the HTML")
-    parser.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    try:
-        run_book(
-            root=args.root,
-            profile=args.profile,
-            out=args.out,
-            only=args.only,
-            parameters=dict(args.param),
-            build=not args.no_build,
-        )
-    except BookError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0

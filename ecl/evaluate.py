@@ -30,11 +30,9 @@ segment is horizontal, so this equals the usual "best TAR with FAR <= f").
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,61 +42,22 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold, PredefinedSplit
 from torch import nn
 
+from ecl.data.pairs import balanced_folds
+from ecl.utils import (
+    autocast,
+    batch_images,
+    eval_mode,
+    json_default,
+    model_device,
+    progress_bar,
+    resolve_device,
+    split_output,
+)
+
 THRESHOLDS = np.arange(0, 4, 0.01)
 """The distance thresholds searched on each fold (the insightface grid, 400 values)."""
 
 FARS = (1e-3, 1e-2)
-
-
-# --------------------------------------------------------------------------- model helpers
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device
-    return torch.device("cpu")
-
-
-def split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(embeddings, activations)`` from a model output: a ``FaceOutput``, a tuple or a tensor."""
-    if hasattr(output, "embeddings"):
-        return output.embeddings, getattr(output, "activations", None)
-    if isinstance(output, (tuple, list)):
-        if len(output) != 2:
-            raise ValueError(
-                f"a face model must return (embeddings, activations); got a sequence of {len(output)}"
-            )
-        return output[0], output[1]
-    if isinstance(output, torch.Tensor):
-        return output, None
-    raise TypeError(f"cannot read embeddings from a model output of type {type(output).__name__}")
-
-
-def batch_images(batch: Any) -> torch.Tensor:
-    """The image tensor of a collated batch: a dict with "image", a (images, ...) tuple or a tensor."""
-    if isinstance(batch, dict):
-        if "image" not in batch:
-            raise KeyError(f"a batch dict needs an 'image' key; it has {sorted(batch)}")
-        return batch["image"]
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    if isinstance(batch, torch.Tensor):
-        return batch
-    raise TypeError(f"cannot read images from a batch of type {type(batch).__name__}")
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """Mixed precision on CUDA (float16 autocast); a no-op context elsewhere."""
-    return torch.autocast(device_type="cuda", enabled=enabled and device.type == "cuda")
-
-
-def progress_bar(iterable: Iterable, enabled: bool, desc: str, total: int | None = None):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -128,11 +87,10 @@ def extract_embeddings(
         float32 array (N, D), each row of unit length.
     """
     device = torch.device(device) if device is not None else model_device(model)
-    was_training = model.training
-    model.to(device).eval()
+    model.to(device)
     chunks = []
     total = len(loader) if hasattr(loader, "__len__") else None
-    try:
+    with eval_mode(model):
         for batch in progress_bar(loader, progress, "embeddings", total):
             images = batch_images(batch).to(device, non_blocking=True)
             with autocast(device, amp):
@@ -140,8 +98,6 @@ def extract_embeddings(
                 if flip:
                     embeddings = embeddings + split_output(model(images.flip(-1)))[0].float()
             chunks.append(F.normalize(embeddings, dim=1).cpu())
-    finally:
-        model.train(was_training)
     if not chunks:
         raise ValueError("the loader yielded no batches: nothing to embed")
     return torch.cat(chunks).numpy().astype(np.float32)
@@ -194,28 +150,6 @@ class VerificationResult:
             out["fpr"] = self.fpr.tolist()
             out["tpr"] = self.tpr.tolist()
         return out
-
-
-def balanced_folds(is_same: np.ndarray, folds: int = 10) -> np.ndarray:
-    """Fold ids that give every fold equal shares of same and different pairs, in list order.
-
-    The same pairs (in list order) are cut into ``folds`` contiguous chunks with the sizes
-    ``KFold(shuffle=False)`` uses (the first ``n % folds`` one longer), the different pairs too;
-    chunk f of each is fold f. Same rule as ``ecl.data.balanced_folds``.
-
-    Args:
-        is_same: bool (N,). folds: number of folds.
-
-    Returns:
-        int64 (N,) fold ids in 0..folds-1.
-    """
-    is_same = np.asarray(is_same, dtype=bool)
-    fold_ids = np.empty(len(is_same), dtype=np.int64)
-    for kind in (True, False):
-        where = np.flatnonzero(is_same == kind)
-        for fold, chunk in enumerate(np.array_split(where, folds)):  # KFold's chunk sizes
-            fold_ids[chunk] = fold
-    return fold_ids
 
 
 def pair_distances(embeddings_a: np.ndarray, embeddings_b: np.ndarray) -> np.ndarray:
@@ -380,7 +314,7 @@ def evaluate_pairs(
     return verification(embeddings_a, embeddings_b, np.asarray(pairs.is_same, dtype=bool), folds=chosen)
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- a model on named data
 
 
 DATA_SPECS = "faceparts | lfw:ROOT | lfw-view2:ROOT | celeba:ROOT | bin:FILE"
@@ -407,7 +341,7 @@ def load_evaluation_data(
 
     kind, _, root = spec.partition(":")
     if kind in ("lfw", "lfw-view2", "celeba", "bin") and not root:
-        raise SystemExit(f"--data {kind}:PATH needs a path, e.g. --data {kind}:../shared/data/{kind}")
+        raise ValueError(f"the data spec {kind}:PATH needs a path, e.g. {kind}:../shared/data/{kind}")
     if kind == "faceparts":
         per = 10
         identities = 100 if max_images is None else max(2, max_images // per)
@@ -434,7 +368,7 @@ def load_evaluation_data(
     elif kind == "bin":
         dataset, pairs = ecl_data.build_pairs("bin", root, image_size=image_size)
     else:
-        raise SystemExit(f"unknown --data {spec!r}: use {DATA_SPECS}")
+        raise ValueError(f"unknown data spec {spec!r}: use {DATA_SPECS}")
     if max_images is not None:
         pairs = subsample_pairs(pairs, max(20, max_images // 2))
     return dataset, pairs, dataset
@@ -452,14 +386,6 @@ def subsample_pairs(pairs: Any, max_pairs: int) -> Any:
             keep.extend(np.flatnonzero((pairs.fold == fold) & (pairs.is_same == same))[:per].tolist())
     keep = np.sort(np.array(keep, dtype=np.int64))
     return PairList(pairs.index_a[keep], pairs.index_b[keep], pairs.is_same[keep], pairs.fold[keep])
-
-
-def _json_default(value: Any):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def evaluate_model(
@@ -483,7 +409,7 @@ def evaluate_model(
         flip: flip test-time augmentation for the embeddings.
         explain: also compute the explainability report (original and jittered images).
         max_images: a quick look on fewer images and pairs.
-        device: default CUDA when available, else CPU.
+        device: default CUDA, then MPS, when available, else CPU.
         progress: show progress bars.
         curves: include the ROC curve (``fpr``, ``tpr``) in the verification numbers.
 
@@ -491,72 +417,26 @@ def evaluate_model(
         ``{"data", "verification": {...}, "explainability": {"original": ..., "jittered": ...}}`` in
         plain JSON types.
     """
-    from ecl import explain as explain_module
+    from ecl.metrics import explainability_report
 
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model.to(device).eval()
     image_size = int(getattr(model, "image_size", 112))
     dataset, pairs, explain_dataset = load_evaluation_data(data, image_size, max_images)
-    result = evaluate_pairs(model, dataset, pairs, flip=flip, batch_size=batch_size, device=device, progress=progress)
+    result = evaluate_pairs(
+        model, dataset, pairs, flip=flip, batch_size=batch_size, device=device, progress=progress
+    )
     output: dict[str, Any] = {"data": data, "verification": result.to_dict(curves=curves)}
     if explain_dataset is not None and explain:
-        output["explainability"] = explain_module.explainability_report(
-            model, explain_dataset, batch_size=batch_size, max_images=max_images, device=device, progress=progress
+        output["explainability"] = explainability_report(
+            model,
+            explain_dataset,
+            batch_size=batch_size,
+            max_images=max_images,
+            device=device,
+            progress=progress,
         )
-    return json.loads(json.dumps(output, default=_json_default))
-
-
-def run(args: argparse.Namespace) -> int:
-    """The ``evaluate`` command: verification and explainability numbers as one JSON object."""
-    from ecl.train import load_run
-
-    model, _config = load_run(args.checkpoint, map_location="cpu")
-    output = {"checkpoint": str(args.checkpoint)}
-    output.update(
-        evaluate_model(
-            model, args.data, batch_size=args.batch_size, flip=not args.no_flip, explain=not args.no_explain,
-            max_images=args.max_images, device=args.device, progress=not args.quiet,
-        )
-    )
-    text = json.dumps(output, default=_json_default)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
-
-
-def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``python -m ecl evaluate``."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="verification and explainability numbers of a trained run",
-        description=(
-            "Evaluate a checkpoint: 10-fold verification (accuracy, AUC, EER, TAR@FAR) and the "
-            "explainability metrics (location instability, part IoU, peak hit rate, translation "
-            "tracking, part coverage) on original and jittered images. Prints one JSON object."
-        ),
-    )
-    parser.add_argument(
-        "--checkpoint", required=True, help="run directory or checkpoint written by `ecl train`"
-    )
-    parser.add_argument(
-        "--data",
-        default="faceparts",
-        help=f"{DATA_SPECS} (bin: an insightface verification pack)",
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--max-images",
-        type=int,
-        default=None,
-        help="a quick look: about N/2 pairs (fold-balanced) and N images",
-    )
-    parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
-    parser.add_argument("--no-explain", action="store_true", help="verification only")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--out", default=None, help="also write the JSON object to this file")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    return json.loads(json.dumps(output, default=json_default))
 
 
 __all__ = [
@@ -564,15 +444,12 @@ __all__ = [
     "FARS",
     "THRESHOLDS",
     "VerificationResult",
-    "add_subparser",
-    "balanced_folds",
     "equal_error_rate",
     "evaluate_model",
     "evaluate_pairs",
     "extract_embeddings",
     "load_evaluation_data",
     "pair_distances",
-    "run",
     "subsample_pairs",
     "tar_at_far",
     "verification",

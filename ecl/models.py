@@ -33,15 +33,26 @@ Choices, documented here because the book and the configs refer to them:
 from __future__ import annotations
 
 import difflib
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ecl.losses import TemplateMask
+from ecl.losses import MarginHead, TemplateMask, make_head
+from ecl.utils import eval_mode, model_device
 
-__all__ = ["FaceModel", "FaceOutput", "apply_face_stem", "create_face_model", "list_target_layers"]
+if TYPE_CHECKING:
+    from ecl.config import ExperimentConfig
+
+__all__ = [
+    "FaceModel",
+    "FaceOutput",
+    "apply_face_stem",
+    "build_model",
+    "create_face_model",
+    "list_target_layers",
+]
 
 DEFAULT_MAP_SIZE = 14  # METHOD section 4: about 14 x 14 at 112 x 112 input
 POOLINGS = ("flatten", "avg")
@@ -127,19 +138,13 @@ def _trace_layers(
     for name, module in backbone.named_modules():
         if name and name.count(".") <= 1:
             handles.append(module.register_forward_hook(make_hook(name)))
-    was_training = backbone.training
-    backbone.eval()
     try:
-        param = next(backbone.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        with torch.no_grad():
-            features = backbone.forward_features(
-                torch.zeros(1, in_chans, image_size, image_size, device=device)
-            )
+        with eval_mode(backbone), torch.no_grad():
+            dummy = torch.zeros(1, in_chans, image_size, image_size, device=model_device(backbone))
+            features = backbone.forward_features(dummy)
     finally:
         for handle in handles:
             handle.remove()
-        backbone.train(was_training)
     if not isinstance(features, Tensor) or features.dim() != 4:
         raise ValueError(
             f"{type(backbone).__name__}.forward_features does not return a (B, C, H, W) map "
@@ -395,3 +400,22 @@ def list_target_layers(
 ) -> dict[str, tuple[int, int, int]]:
     """``(C, H, W)`` of every valid target layer of a backbone, built with :func:`create_face_model`'s options."""
     return create_face_model(backbone, image_size=image_size, **kwargs).layer_shapes()
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[FaceModel, MarginHead]:
+    """A fresh ``FaceModel`` and identity head for a config (seed the RNG first for reproducibility)."""
+    m = cfg.model
+    model = create_face_model(
+        backbone=m.backbone,
+        embedding_dim=m.embedding_dim,
+        target_layer=m.target_layer,
+        pretrained=m.pretrained,
+        face_stem=m.face_stem,
+        output_stride=m.output_stride,
+        dropout=m.dropout,
+        image_size=cfg.data.image_size,
+        forward_mask=m.forward_mask,
+        mask_beta=m.mask_beta,
+    )
+    head = make_head(cfg.loss.identity, m.embedding_dim, num_classes, s=cfg.loss.s, margin=cfg.loss.margin)
+    return model, head

@@ -10,8 +10,12 @@ import os
 import random
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from ecl.utils import resolve_device
 
 #: Where the book's source lives; the Colab badge and the guarded install cell point here.
 REPO_URL = "https://github.com/ecl-book/ecl"
@@ -64,13 +68,45 @@ def setup(seed: int = 0, threads: int | None = None) -> NotebookContext:
     torch.manual_seed(seed)
     if threads is not None:
         torch.set_num_threads(threads)
-    if torch.cuda.is_available():
-        device = "cuda"
-    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        device = "mps"
-    else:
-        device = "cpu"
-    return NotebookContext(device=device, in_colab=in_colab(), seed=seed)
+    return NotebookContext(device=resolve_device("auto").type, in_colab=in_colab(), seed=seed)
+
+
+def chapter_models(
+    profile: str = "quick",
+    methods: Sequence[str] = ("baseline", "ecloss"),
+    seed: int = 0,
+    runs_root: str | os.PathLike = "../runs",
+    device: str | None = "cpu",
+    callbacks: Callable[[str], Sequence[Any]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The trained models a chapter shows: the FaceParts preset of ``profile`` with each method.
+
+    Each model is loaded from its run folder under ``runs_root``, or trained there once
+    (:func:`ecl.train.load_or_train`), so every chapter that asks for the same method and seed shares it.
+
+    Args:
+        profile: ``"quick"`` (``configs/faceparts-quick.yaml``) or ``"full"`` (``faceparts-full.yaml``).
+        methods: names of :data:`ecl.experiments.METHODS`.
+        seed: the run seed.
+        runs_root: folder of the run folders.
+        device: where the returned models live (``None``: the config's device).
+        callbacks: ``method -> training callbacks`` (e.g. a live plot), used only when a model is trained.
+
+    Returns:
+        ``(models, run_dirs)``, both keyed by method; the models in eval mode.
+    """
+    from ecl.config import load_config
+    from ecl.experiments import REPO, method_config
+    from ecl.train import load_or_train
+
+    preset = load_config(REPO / "configs" / f"faceparts-{profile}.yaml")
+    models, run_dirs = {}, {}
+    for method in methods:
+        config = method_config(preset, method, seed=seed)
+        models[method], run_dirs[method] = load_or_train(
+            config, root=runs_root, callbacks=callbacks(method) if callbacks else (), map_location=device
+        )
+    return models, run_dirs
 
 
 def find_data_root(name: str, data_root: str | os.PathLike | None = None) -> Path | None:

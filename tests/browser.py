@@ -16,9 +16,17 @@ import pytest
 # Debian's chromium, run as root in CI: no sandbox, no GPU, no background traffic; the proxy points at a
 # closed local port so any request to the network fails, while file:// pages load normally.
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-    "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "--virtual-time-budget=15000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--proxy-server=127.0.0.1:9",
+    "--proxy-bypass-list=<-loopback>",
+    "--virtual-time-budget=15000",
     "--window-size=1280,900",
 )
 
@@ -38,8 +46,16 @@ def dump_dom(page: Path, timeout: float = 120) -> str:
     """The DOM of ``page`` after its scripts ran, rendered offline."""
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
-            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=timeout,
+            [
+                chromium(),
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout

@@ -27,7 +27,10 @@ BENCHMARKS = {
 def test_benchmark_quick_mode_runs_and_reports(script):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), "--quick"],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

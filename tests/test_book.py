@@ -33,11 +33,19 @@ def _notebook(cells: list[tuple[str, str, list[str]]]) -> nbformat.NotebookNode:
 
 
 SMOKE = [
-    ("markdown", "# Smoke chapter\n\nAn equation: $$\\mathcal{L} = \\mathcal{L}_{id} + \\lambda \\mathcal{L}_{match}$$", []),
+    (
+        "markdown",
+        "# Smoke chapter\n\nAn equation: $$\\mathcal{L} = \\mathcal{L}_{id} + \\lambda \\mathcal{L}_{match}$$",
+        [],
+    ),
     ("code", 'profile = "full"', ["parameters"]),
     ("code", "import ecl.notebook\nctx = ecl.notebook.setup(seed=0)\nprint('profile', profile)", []),
     ("code", "import plotly.graph_objects as go\ngo.Figure(go.Scatter(x=[0, 1, 2], y=[2, 0, 1]))", []),
-    ("code", "import ipywidgets as widgets\nwidgets.IntSlider(value=3, min=0, max=9, description='channel')", []),
+    (
+        "code",
+        "import ipywidgets as widgets\nwidgets.IntSlider(value=3, min=0, max=9, description='channel')",
+        [],
+    ),
 ]
 
 
@@ -71,13 +79,19 @@ def test_every_chapter_has_exactly_one_parameters_cell_and_no_outputs():
         assert len(tagged) == 1, f"{rel}: {len(tagged)} cells tagged 'parameters', want 1"
         assert "profile" in tagged[0].source, f"{rel}: the parameters cell must define `profile`"
         stale = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("outputs")]
-        assert not stale, f"{rel}: cells {stale} carry outputs; commit chapters stripped (the runner executes them)"
+        assert not stale, (
+            f"{rel}: cells {stale} carry outputs; commit chapters stripped (the runner executes them)"
+        )
 
 
 def test_vendored_javascript_matches_its_checksums():
     lines = (REPO / "_vendor" / "SHA256SUMS").read_text().split("\n")
     entries = [line.split() for line in lines if line.strip()]
-    assert {name for _, name in entries} >= {"./widgets/require.js", "./widgets/embed-amd.js", "./mathjax/tex-mml-chtml.js"}
+    assert {name for _, name in entries} >= {
+        "./widgets/require.js",
+        "./widgets/embed-amd.js",
+        "./mathjax/tex-mml-chtml.js",
+    }
     for digest, name in entries:
         assert hashlib.sha256((REPO / "_vendor" / name).read_bytes()).hexdigest() == digest, name
 
@@ -101,7 +115,9 @@ def test_runner_executes_with_profile_parameters_and_builds(smoke_book):
     # plotly.js inlined (no CDN), widget state saved, scripts served locally.
     assert "plotly-graph-div" in page and "Plotly.newPlot" in page
     remote = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"', page)
-    assert not [url for url in remote if url.endswith((".js", ".css"))], f"page loads code from the network: {remote}"
+    assert not [url for url in remote if url.endswith((".js", ".css"))], (
+        f"page loads code from the network: {remote}"
+    )
     assert "application/vnd.jupyter.widget-state+json" in page
     assert "_static/widgets/embed-amd.js" in page and "_static/mathjax/tex-mml-chtml.js" in page
     # The source notebook stays stripped.
@@ -127,7 +143,9 @@ def test_cli_exit_code_and_message_on_failure(tmp_path):
     root = _make_book(tmp_path, {"01-broken": failing})
     proc = subprocess.run(
         [sys.executable, "-m", "ecl", "book", "--root", str(root), "--no-build"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 1
     assert "01-broken.ipynb" in proc.stderr and "ZeroDivisionError" in proc.stderr
@@ -156,8 +174,12 @@ def test_build_fails_on_an_output_the_book_cannot_show(tmp_path):
     # Plotly's default renderer stores only its JSON mime type: the page would silently lack the figure.
     cells = [
         ("code", 'profile = "quick"', ["parameters"]),
-        ("code", "import plotly.io as pio, plotly.graph_objects as go\npio.renderers.default = 'plotly_mimetype'\n"
-                 "go.Figure(go.Bar(x=[1], y=[2]))", []),
+        (
+            "code",
+            "import plotly.io as pio, plotly.graph_objects as go\npio.renderers.default = 'plotly_mimetype'\n"
+            "go.Figure(go.Bar(x=[1], y=[2]))",
+            [],
+        ),
     ]
     root = _make_book(tmp_path, {"01-json-only": cells})
     with pytest.raises(BookError, match="jupyter-book build failed"):

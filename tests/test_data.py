@@ -57,8 +57,12 @@ def test_item_keys_shapes_and_attributes():
     assert item["landmarks"].shape == (5, 2) and item["landmarks"].dtype == torch.float32
     assert item["masks"].shape == (len(PART_NAMES), 64, 64) and item["masks"].dtype == torch.bool
     assert int(item["label"]) == 1 and item["index"] == 5
-    assert ds.landmark_names == LANDMARK_NAMES == ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
-    assert set(("left_eye", "right_eye", "left_brow", "right_brow", "nose", "mouth", "hair", "skin")) <= set(ds.part_names)
+    assert (
+        ds.landmark_names == LANDMARK_NAMES == ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+    )
+    assert set(("left_eye", "right_eye", "left_brow", "right_brow", "nose", "mouth", "hair", "skin")) <= set(
+        ds.part_names
+    )
     assert ds.num_classes == 8 and len(ds) == 32 and list(ds.labels[:5]) == [0, 0, 0, 0, 1]
     batch = default_collate([ds[i] for i in range(4)])
     assert batch["image"].shape == (4, 3, 64, 64)
@@ -181,8 +185,10 @@ def test_faceparts_pairs_are_balanced_correct_and_deterministic():
     keys = {(min(a, b), max(a, b)) for a, b in zip(pairs.index_a, pairs.index_b, strict=True)}
     assert len(keys) == 200
     # identities do not cross folds (LFW View 2 style), since there are >= 2 per fold
-    ids_per_fold = [set(ds.labels[pairs.index_a[pairs.fold == f]]) | set(ds.labels[pairs.index_b[pairs.fold == f]])
-                    for f in range(10)]
+    ids_per_fold = [
+        set(ds.labels[pairs.index_a[pairs.fold == f]]) | set(ds.labels[pairs.index_b[pairs.fold == f]])
+        for f in range(10)
+    ]
     assert all(not (ids_per_fold[i] & ids_per_fold[j]) for i in range(10) for j in range(i + 1, 10))
     again = faceparts_pairs(ds, num_pairs=200, folds=10, seed=3)
     assert np.array_equal(again.index_a, pairs.index_a) and np.array_equal(again.index_b, pairs.index_b)
@@ -216,8 +222,10 @@ def test_jitter_moves_image_landmarks_and_masks_together():
     src = item["image"][:, max(0, -dy) : 112 - max(0, dy), max(0, -dx) : 112 - max(0, dx)]
     dst = out["image"][:, max(0, dy) : 112 - max(0, -dy), max(0, dx) : 112 - max(0, -dx)]
     assert torch.equal(src, dst)
-    assert torch.equal(item["masks"][:, max(0, -dy) : 112 - max(0, dy), max(0, -dx) : 112 - max(0, dx)],
-                       out["masks"][:, max(0, dy) : 112 - max(0, -dy), max(0, dx) : 112 - max(0, -dx)])
+    assert torch.equal(
+        item["masks"][:, max(0, -dy) : 112 - max(0, dy), max(0, -dx) : 112 - max(0, dx)],
+        out["masks"][:, max(0, dy) : 112 - max(0, -dy), max(0, dx) : 112 - max(0, -dx)],
+    )
     moved = item["landmarks"] + torch.tensor([dx, dy], dtype=torch.float32)
     visible = ~torch.isnan(out["landmarks"][:, 0])
     assert torch.allclose(out["landmarks"][visible], moved[visible])
@@ -253,7 +261,11 @@ def test_jitter_with_scale_keeps_landmarks_in_their_parts():
 
 
 def test_jitter_drops_landmarks_that_leave_the_image():
-    item = {"image": torch.rand(3, 20, 20), "landmarks": torch.tensor([[1.0, 10.0], [10.0, 10.0]]), "index": 0}
+    item = {
+        "image": torch.rand(3, 20, 20),
+        "landmarks": torch.tensor([[1.0, 10.0], [10.0, 10.0]]),
+        "index": 0,
+    }
     jit = Jitter(max_shift=0.5 - 1e-6, seed=0)
     for index in range(40):
         item["index"] = index
@@ -267,11 +279,20 @@ def test_jitter_drops_landmarks_that_leave_the_image():
 
 
 def test_build_dataset_and_pairs_for_faceparts():
-    ds = build_dataset("faceparts", split="test", image_size=64, num_identities=20, images_per_identity=3,
-                       cache="none")
+    ds = build_dataset(
+        "faceparts", split="test", image_size=64, num_identities=20, images_per_identity=3, cache="none"
+    )
     assert isinstance(ds, FaceParts) and ds.split == "test" and ds.image_size == 64
-    ds2, pairs = build_pairs("faceparts", split="test", image_size=64, num_pairs=40, num_identities=20,
-                             images_per_identity=3, cache="none", jitter=0.1)
+    ds2, pairs = build_pairs(
+        "faceparts",
+        split="test",
+        image_size=64,
+        num_pairs=40,
+        num_identities=20,
+        images_per_identity=3,
+        cache="none",
+        jitter=0.1,
+    )
     assert len(pairs) == 40 and len(ds2) == 60 and "shift" in ds2[0]
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("mnist")

@@ -69,7 +69,9 @@ def test_lfw_people_split_loads_with_landmarks(shared_data):
     assert all(_inside_fraction(ds[i]) == 1.0 for i in range(len(ds)))
     batch = default_collate([ds[i] for i in range(3)])
     assert batch["image"].shape == (3, 3, 112, 112)
-    assert LFW(shared_data / "lfw", split="all", people=people, landmarks="68pt", max_people=1)[0]["landmarks"].shape == (68, 2)
+    assert LFW(shared_data / "lfw", split="all", people=people, landmarks="68pt", max_people=1)[0][
+        "landmarks"
+    ].shape == (68, 2)
 
 
 def test_lfw_view1_train_and_test_people_are_disjoint(shared_data):
@@ -132,7 +134,9 @@ def test_orl_identity_folders(shared_data):
     assert float(item["image"][:, :, :9].max()) == 0.0
     assert _inside_fraction(item) == 1.0
     train, test = (build_dataset("orl", shared_data / "orl", split=s) for s in ("train", "test"))
-    assert train.num_classes == 32 and test.num_classes == 8 and not set(train.identities) & set(test.identities)
+    assert (
+        train.num_classes == 32 and test.num_classes == 8 and not set(train.identities) & set(test.identities)
+    )
     # 6 images have no detected face: their landmarks are NaN, the images are kept
     five = ImageFolderFaces(shared_data / "orl", landmarks="5pt", check="none")
     nan = torch.stack([five[i]["landmarks"] for i in range(len(five))]).isnan().all(2).all(1)
@@ -141,7 +145,9 @@ def test_orl_identity_folders(shared_data):
 
 def test_orl_pairs_from_labels(shared_data):
     ds, pairs = build_pairs("orl", shared_data / "orl", split="all", num_pairs=200, check="none")
-    assert len(pairs) == 200 and np.array_equal(pairs.is_same, ds.labels[pairs.index_a] == ds.labels[pairs.index_b])
+    assert len(pairs) == 200 and np.array_equal(
+        pairs.is_same, ds.labels[pairs.index_a] == ds.labels[pairs.index_b]
+    )
 
 
 # ----------------------------------------------------------------------------- CelebA
@@ -174,8 +180,11 @@ def test_celeba_identity_file_without_header_and_official_5pt_landmarks(shared_d
     from ecl.data import read_landmarks_68
 
     l68 = read_landmarks_68(src / "annotations" / "landmarks68_dlib_DERIVED.tsv")
-    rows = [f"{len(lines)}", "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
-            "rightmouth_x rightmouth_y"]
+    rows = [
+        f"{len(lines)}",
+        "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
+        "rightmouth_x rightmouth_y",
+    ]
     for line in lines:
         name = line.split()[0]
         if l68.get(name) is not None:
@@ -193,7 +202,9 @@ def test_celeba_identity_file_without_header_and_official_5pt_landmarks(shared_d
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("name,script", [("lfw", "lfw"), ("celeba", "celeba"), ("folder", "folder"), ("orl", "orl")])
+@pytest.mark.parametrize(
+    "name,script", [("lfw", "lfw"), ("celeba", "celeba"), ("folder", "folder"), ("orl", "orl")]
+)
 def test_missing_root_names_the_path_and_the_prepare_command(tmp_path, name, script):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError) as err:

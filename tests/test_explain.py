@@ -10,16 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecl.explain import (
-    ChannelHistograms,
-    LandmarkPartMasks,
-    cells_to_pixels,
-    collect_activations,
+from ecl.activations import ChannelHistograms, cells_to_pixels, collect_activations, upsampled_above
+from ecl.data.landmark_masks import LandmarkPartMasks, landmark_part_masks
+from ecl.metrics import (
     explainability_metrics,
     explainability_report,
     iou_tallies,
     landmark_assignment,
-    landmark_part_masks,
     location_instability,
     part_coverage,
     part_iou,
@@ -28,7 +25,6 @@ from ecl.explain import (
     peak_hit_rate,
     shift_images,
     translation_tracking,
-    upsampled_above,
 )
 
 S, CELL = 32, 4  # 32 x 32 images, 8 x 8 maps: one cell is 4 x 4 pixels
@@ -227,7 +223,9 @@ def test_bilinear_upsampling_of_one_cell_covers_its_pixels_but_the_corners():
     assert part_iou_from_tallies(intersection, map_area, part_area, ["cell"]).iou[0, 0] == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("sizes", [(14, 14, 112, 112), (7, 7, 112, 112), (14, 14, 100, 120), (5, 3, 17, 29), (4, 4, 4, 4)])
+@pytest.mark.parametrize(
+    "sizes", [(14, 14, 112, 112), (7, 7, 112, 112), (14, 14, 100, 120), (5, 3, 17, 29), (4, 4, 4, 4)]
+)
 def test_block_upsampling_keeps_exactly_the_interpolated_pixels_above_the_floor(sizes):
     # The one pass computes only the blocks near cells above the floor; it must keep the same pixels,
     # with the same values, as thresholding F.interpolate (integer and fractional scales alike).

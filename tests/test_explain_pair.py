@@ -15,18 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecl.attribution import PART_GROUPS, PartAssignment, explain_pair, part_similarity, similarity_saliency
 from ecl.data.faceparts import PART_NAMES, FaceParts, image_to_tensor
-from ecl.explain import (
-    PART_GROUPS,
-    PartAssignment,
-    explain_pair,
-    game_summary,
-    occlusion_summary,
-    occlusion_verification,
-    part_similarity,
-    part_swap_game,
-    similarity_saliency,
-)
+from ecl.studies import game_summary, occlusion_summary, occlusion_verification, part_swap_game
 
 SIZE = 64
 
@@ -229,7 +220,7 @@ def test_assignment_round_trip(tmp_path):
 
 
 def test_assign_parts_finds_the_exact_detectors(faces):
-    from ecl.explain import assign_parts
+    from ecl.attribution import assign_parts
 
     model = ExactPartModel(map_size=SIZE)  # full resolution: tiny parts (eyes) stay separable
     for i in range(len(faces)):

@@ -33,7 +33,9 @@ def test_every_chapter_has_a_page(book_html):
     for rel in toc_notebooks(REPO):
         page = book_html / rel.with_suffix(".html")
         assert page.is_file(), f"no page for {rel}"
-        assert "output text_html" in page.read_text() or "cell_output" in page.read_text(), f"{page} shows no output"
+        assert "output text_html" in page.read_text() or "cell_output" in page.read_text(), (
+            f"{page} shows no output"
+        )
 
 
 @pytest.mark.browser

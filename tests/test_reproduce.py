@@ -9,16 +9,8 @@ from pathlib import Path
 import pytest
 
 from ecl.config import load_config
-from ecl.reproduce import (
-    METHODS,
-    SCHEMA,
-    load_results,
-    method_config,
-    result_path,
-    results_frame,
-    summary_table,
-    validate_result,
-)
+from ecl.experiments import METHODS, SCHEMA, method_config, result_path
+from ecl.results import load_results, results_frame, summary_table, validate_result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,11 +23,21 @@ def _record(method: str = "ecloss", seed: int = 0, accuracy: float = 0.9, instab
         "part_coverage": {"channels_per_part": {}},
     }
     return {
-        "schema": SCHEMA, "study": "faceparts", "method": method, "seed": seed, "profile": "quick",
-        "preset": "configs/faceparts-quick.yaml", "config": {}, "versions": {}, "created": "2026-01-01T00:00:00+00:00",
-        "train": {}, "transfer": {},
-        "evaluation": {"verification": {"accuracy": accuracy, "auc": 0.95, "eer": 0.1},
-                       "explainability": {"original": report, "jittered": copy.deepcopy(report)}},
+        "schema": SCHEMA,
+        "study": "faceparts",
+        "method": method,
+        "seed": seed,
+        "profile": "quick",
+        "preset": "configs/faceparts-quick.yaml",
+        "config": {},
+        "versions": {},
+        "created": "2026-01-01T00:00:00+00:00",
+        "train": {},
+        "transfer": {},
+        "evaluation": {
+            "verification": {"accuracy": accuracy, "auc": 0.95, "eer": 0.1},
+            "explainability": {"original": report, "jittered": copy.deepcopy(report)},
+        },
     }
 
 
@@ -67,8 +69,12 @@ def test_validate_result_accepts_a_good_record_and_names_problems():
 
 def test_summary_table_gives_mean_and_std_over_seeds(tmp_path):
     for seed, acc in enumerate([0.8, 0.9, 1.0]):
-        result_path(tmp_path, "faceparts", "ecloss", seed).write_text(json.dumps(_record("ecloss", seed, acc)))
-        result_path(tmp_path, "faceparts", "baseline", seed).write_text(json.dumps(_record("baseline", seed, 0.5)))
+        result_path(tmp_path, "faceparts", "ecloss", seed).write_text(
+            json.dumps(_record("ecloss", seed, acc))
+        )
+        result_path(tmp_path, "faceparts", "baseline", seed).write_text(
+            json.dumps(_record("baseline", seed, 0.5))
+        )
     table = summary_table(results_frame(load_results(tmp_path)))
     assert table.loc[("faceparts", "ecloss"), "verification accuracy"] == "0.900 ± 0.100"
     assert table.loc[("faceparts", "baseline"), "seeds"] == 3
@@ -85,18 +91,24 @@ def test_committed_results_match_the_schema():
     records = load_results(REPO / "book" / "results")
     for record in records:
         assert record["method"] in METHODS
-        assert Path(REPO / record["preset"]).is_file(), f"{record['_path']}: preset {record['preset']} is gone"
+        assert Path(REPO / record["preset"]).is_file(), (
+            f"{record['_path']}: preset {record['preset']} is gone"
+        )
 
 
 def test_compare_methods_flags_a_clear_improvement_and_ignores_noise(tmp_path):
-    from ecl.reproduce import claim_sentence, compare_methods
+    from ecl.results import claim_sentence, compare_methods
 
     for seed in range(3):
         # ECLoss: instability clearly lower (0.05 vs 0.10, tiny spread); accuracy within noise.
         result_path(tmp_path, "faceparts", "ecloss", seed).write_text(
-            json.dumps(_record("ecloss", seed, accuracy=0.80 + 0.05 * seed, instability=0.050 + 0.001 * seed)))
+            json.dumps(_record("ecloss", seed, accuracy=0.80 + 0.05 * seed, instability=0.050 + 0.001 * seed))
+        )
         result_path(tmp_path, "faceparts", "baseline", seed).write_text(
-            json.dumps(_record("baseline", seed, accuracy=0.82 + 0.05 * seed, instability=0.100 + 0.001 * seed)))
+            json.dumps(
+                _record("baseline", seed, accuracy=0.82 + 0.05 * seed, instability=0.100 + 0.001 * seed)
+            )
+        )
     table = compare_methods(results_frame(load_results(tmp_path)), "faceparts")
     row = table.loc["instability (jittered)"]
     assert row["better"] and row["beyond noise"] and row["relative change"] == pytest.approx(-0.5, abs=0.01)
@@ -110,7 +122,7 @@ def test_compare_methods_flags_a_clear_improvement_and_ignores_noise(tmp_path):
 def test_pick_setting_prefers_spread_detectors_among_points_that_meet_the_aim_and_keep_accuracy():
     import pandas as pd
 
-    from ecl.reproduce import pick_setting
+    from ecl.results import pick_setting
 
     def run(study, method, accuracy, instability, spread=0.0, seed=0):
         record = _record(method, seed, accuracy=accuracy, instability=instability)
@@ -133,7 +145,9 @@ def test_pick_setting_prefers_spread_detectors_among_points_that_meet_the_aim_an
     assert set(table["search point"][3:]) == {"lambda=30", "target 7x7 (layer4)"}
     assert list(table["meets aim"]) == [True, True, False, False, False] and table["chosen"].sum() == 1
     # No point meets the aim: the lowest instability among those that keep accuracy.
-    fallback = [r for r in records if r["study"] in ("faceparts", "ablation: lambda=10", "ablation: lambda=30")]
+    fallback = [
+        r for r in records if r["study"] in ("faceparts", "ablation: lambda=10", "ablation: lambda=30")
+    ]
     assert pick_setting(results_frame(fallback), candidates=list(points))[0] == "lambda=10"
     assert pick_setting(pd.DataFrame(columns=["study", "method", "seed"]))[0] is None
 
@@ -151,7 +165,7 @@ def test_summary_cli_prints_a_markdown_table(tmp_path, capsys):
 
 
 def test_readme_results_block_matches_the_committed_results():
-    from ecl.reproduce import README_END, README_START, readme_block
+    from ecl.results import README_END, README_START, readme_block
 
     text = (REPO / "README.md").read_text()
     block = text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
@@ -161,7 +175,7 @@ def test_readme_results_block_matches_the_committed_results():
 
 
 def test_update_readme_rewrites_only_the_block(tmp_path):
-    from ecl.reproduce import README_END, README_START, update_readme
+    from ecl.results import README_END, README_START, update_readme
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{README_START}\nold\n{README_END}\n\nrest\n")
@@ -175,9 +189,19 @@ def test_grid_seeds_default_to_three_and_ablations_to_one(tmp_path, monkeypatch)
     import ecl.reproduce as reproduce
 
     calls = []
-    monkeypatch.setattr(reproduce, "run_one", lambda name, study, method, seed, *rest: calls.append((name, method, seed)) or {})
+    monkeypatch.setattr(
+        reproduce,
+        "run_one",
+        lambda name, study, method, seed, *rest: calls.append((name, method, seed)) or {},
+    )
     monkeypatch.setattr(reproduce, "_save_result", lambda path, record: None)
     reproduce.run_grid(studies=["faceparts"], methods=["baseline"], results_dir=tmp_path, echo=lambda _: None)
-    reproduce.run_grid(studies=["ablations"], ablations=["lambda=10"], results_dir=tmp_path, echo=lambda _: None)
-    assert calls == [("faceparts", "baseline", 0), ("faceparts", "baseline", 1), ("faceparts", "baseline", 2),
-                     ("ablation: lambda=10", "ecloss", 0)]
+    reproduce.run_grid(
+        studies=["ablations"], ablations=["lambda=10"], results_dir=tmp_path, echo=lambda _: None
+    )
+    assert calls == [
+        ("faceparts", "baseline", 0),
+        ("faceparts", "baseline", 1),
+        ("faceparts", "baseline", 2),
+        ("ablation: lambda=10", "ecloss", 0),
+    ]

@@ -14,18 +14,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ecl.checkpoint import find_checkpoint, load_run, run_dir_for
+from ecl.cli import main as ecl_main
 from ecl.config import ConfigError, ExperimentConfig, apply_overrides, load_config, save_config
-from ecl.train import (
-    GlobalBatchSampler,
-    NonFiniteLossError,
-    find_checkpoint,
-    fit,
-    learning_rate,
-    load_or_train,
-    load_run,
-    main,
-    run_dir_for,
-)
+from ecl.data.sampler import GlobalBatchSampler
+from ecl.train import NonFiniteLossError, fit, learning_rate, load_or_train
+
+
+def main(argv):
+    """``python -m ecl train ARGS``."""
+    return ecl_main(["train", *argv])
+
 
 TINY = [
     "data.image_size=32",

@@ -21,8 +21,10 @@ import torch
 from safetensors.torch import load_file
 from test_train import tiny_config
 
+from ecl.checkpoint import find_checkpoint
 from ecl.config import save_config
-from ecl.train import build_model, find_checkpoint, fit
+from ecl.models import build_model
+from ecl.train import fit
 
 pytestmark = pytest.mark.slow
 

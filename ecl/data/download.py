@@ -38,7 +38,9 @@ def verify(path: str | os.PathLike, sha256: str | None, md5: str | None = None) 
     """
     digest = sha256sum(path)
     if sha256 is not None and digest.lower() != sha256.lower():
-        raise ChecksumError(f"{path}: sha256 {digest} does not match the expected {sha256}; delete it and retry")
+        raise ChecksumError(
+            f"{path}: sha256 {digest} does not match the expected {sha256}; delete it and retry"
+        )
     if md5 is not None:
         h = hashlib.md5()
         with open(path, "rb") as fh:

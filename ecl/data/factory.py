@@ -3,31 +3,49 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
 from ecl.data.binpack import load_bin
+from ecl.data.celeba import CelebA
 from ecl.data.faceparts import FaceParts
+from ecl.data.lfw import LFW, lfw_pairs
 from ecl.data.pairs import PairList, faceparts_pairs
-from ecl.data.real import LFW, CelebA, ImageFolderFaces, lfw_pairs
+from ecl.data.real import ImageFolderFaces
 from ecl.data.transforms import jittered
+
+if TYPE_CHECKING:
+    from ecl.config import ExperimentConfig
 
 DATASETS = ("faceparts", "lfw", "celeba", "folder", "orl", "casia", "vggface2", "bin")
 _FOLDER_NAMES = ("folder", "orl", "casia", "vggface2")
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def _need_root(name: str, root: Any) -> None:
     if root is None:
-        prepare = name if name in ("lfw", "celeba", "orl") else "insightface_bins" if name == "bin" else "folder"
-        raise ValueError(f"dataset {name!r} needs root=<folder>; get it with python data/{prepare}/prepare.py --root <folder>")
+        prepare = (
+            name if name in ("lfw", "celeba", "orl") else "insightface_bins" if name == "bin" else "folder"
+        )
+        raise ValueError(
+            f"dataset {name!r} needs root=<folder>; get it with python data/{prepare}/prepare.py --root <folder>"
+        )
 
 
-def _folder(root: Any, split: str, image_size: int, test_fraction: float = 0.2, **kw: Any) -> ImageFolderFaces:
+def _folder(
+    root: Any, split: str, image_size: int, test_fraction: float = 0.2, **kw: Any
+) -> ImageFolderFaces:
     """Identity folders, with an identity-disjoint split: first (1 - test_fraction) of the sorted identities train."""
     prepare = kw.pop("prepare", "folder")
-    full = ImageFolderFaces(root, image_size=image_size, check="none", prepare=prepare,
-                            **{k: v for k, v in kw.items() if k in ("extensions",)})
+    full = ImageFolderFaces(
+        root,
+        image_size=image_size,
+        check="none",
+        prepare=prepare,
+        **{k: v for k, v in kw.items() if k in ("extensions",)},
+    )
     names = full.identities
     if split in ("train", "test"):
         cut = int(round((1 - test_fraction) * len(names)))
@@ -126,3 +144,40 @@ def build_pairs(
     if jitter is not None:
         ds = jittered(ds, **(jitter if isinstance(jitter, dict) else {"max_shift": float(jitter)}))
     return ds, pairs
+
+
+def build_train_dataset(cfg: ExperimentConfig) -> Dataset:
+    """The training dataset of a config (:func:`build_dataset` plus optional jitter)."""
+
+    data = cfg.data
+    kwargs = dict(data.options)
+    if data.name == "faceparts":
+        kwargs.setdefault("num_identities", data.num_identities)
+        kwargs.setdefault("images_per_identity", data.images_per_identity)
+        kwargs.setdefault("seed", data.seed)
+    root = resolve_data_root(data.root) if data.root is not None else None
+    jitter = {"max_shift": data.jitter, "seed": data.seed} if data.jitter > 0 else None
+    dataset = build_dataset(
+        data.name, root, split=data.split, image_size=data.image_size, jitter=jitter, **kwargs
+    )
+    return dataset
+
+
+def resolve_data_root(root: str) -> Path:
+    """``data.root`` as a path: ``~`` and ``$VARS`` expanded; a relative path is looked up in the
+    current folder first, then in the repository root (so ``../shared/data/lfw`` in a preset works
+    from the repository and from ``book/``).
+
+    Raises:
+        FileNotFoundError: neither exists (the message says how to set the root).
+    """
+    path = Path(os.path.expandvars(os.path.expanduser(root)))
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, _REPO / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    tried = " or ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"data.root {root!r} does not exist (looked for {tried}); point it at the dataset folder with "
+        "--set data.root=/path/to/dataset"
+    )

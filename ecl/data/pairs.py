@@ -84,7 +84,10 @@ def faceparts_pairs(dataset, num_pairs: int = 1000, folds: int = 10, seed: int =
         raise ValueError("need at least two identities, one with >= 2 images, to build pairs")
     if len(ids) >= 2 * folds and len(multi) >= folds:
         # identity-disjoint folds: deal identities with >= 2 images first, so every fold has some
-        order = rng.permutation(multi).tolist() + rng.permutation([i for i in ids.tolist() if i not in multi]).tolist()
+        order = (
+            rng.permutation(multi).tolist()
+            + rng.permutation([i for i in ids.tolist() if i not in multi]).tolist()
+        )
         groups = [order[f::folds] for f in range(folds)]
     else:
         groups = [ids.tolist()] * folds
@@ -97,8 +100,10 @@ def faceparts_pairs(dataset, num_pairs: int = 1000, folds: int = 10, seed: int =
             while made < per:
                 tries += 1
                 if tries > 1000 * per:
-                    raise ValueError(f"cannot draw {per} distinct {'same' if same else 'different'} pairs in fold {f}; "
-                                     "lower num_pairs or add identities/images")
+                    raise ValueError(
+                        f"cannot draw {per} distinct {'same' if same else 'different'} pairs in fold {f}; "
+                        "lower num_pairs or add identities/images"
+                    )
                 if same:
                     a, b = rng.choice(members[int(rng.choice(gm))], 2, replace=False)
                 else:

@@ -83,8 +83,9 @@ class Jitter:
         return out
 
 
-def apply_affine(x: torch.Tensor, dx: float, dy: float, scale: float = 1.0, padding: str = "zeros",
-                 mode: str = "bilinear") -> torch.Tensor:
+def apply_affine(
+    x: torch.Tensor, dx: float, dy: float, scale: float = 1.0, padding: str = "zeros", mode: str = "bilinear"
+) -> torch.Tensor:
     """Scale about the image centre by ``scale`` then shift by (dx, dy) pixels.
 
     A point at pixel (x, y) moves to ``c + scale * ((x, y) - c) + (dx, dy)``, c = (W/2, H/2).
@@ -119,7 +120,9 @@ def apply_affine(x: torch.Tensor, dx: float, dy: float, scale: float = 1.0, padd
     return res[0] if squeeze else res
 
 
-def _taps(n: int, shift: float, scale: float, padding: str, mode: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _taps(
+    n: int, shift: float, scale: float, padding: str, mode: str
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Source indices and weights along one axis (pixel centres at i + 0.5, like align_corners=False)."""
     coord = (np.arange(n) + 0.5 - n / 2.0 - shift) / scale + n / 2.0 - 0.5
     if padding == "reflect":
@@ -164,7 +167,15 @@ class JitteredDataset(Dataset):
         return getattr(self.dataset, name)
 
 
-def jittered(dataset: Dataset, max_shift: float = 0.15, scale: float | tuple[float, float] | None = None,
-             padding: str = "zeros", seed: int = 0, **kw: Any) -> JitteredDataset:
+def jittered(
+    dataset: Dataset,
+    max_shift: float = 0.15,
+    scale: float | tuple[float, float] | None = None,
+    padding: str = "zeros",
+    seed: int = 0,
+    **kw: Any,
+) -> JitteredDataset:
     """The unaligned evaluation copy of ``dataset``: ``JitteredDataset(dataset, Jitter(...))``."""
-    return JitteredDataset(dataset, Jitter(max_shift=max_shift, scale=scale, padding=padding, seed=seed, **kw))
+    return JitteredDataset(
+        dataset, Jitter(max_shift=max_shift, scale=scale, padding=padding, seed=seed, **kw)
+    )
