@@ -31,7 +31,8 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(PY) -m ruff check ecl tests benchmarks
+	$(PY) -m ruff check ecl tests benchmarks data
+	$(PY) -m ruff format --check ecl tests benchmarks data
 
 clean:
 	rm -rf _build

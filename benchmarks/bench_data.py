@@ -55,15 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         cpu.append((time.process_time() - c0) / chunk)
     cpu_a, wall_a = np.array(cpu), np.array(wall)
     print(
-        f"FaceParts render {args.image_size}x{args.image_size}, {len(cpu) * chunk} images in chunks of {chunk}, "
+        f"FaceParts render {args.image_size}x{args.image_size}, {len(cpu) * chunk} images "
+        f"in chunks of {chunk}, "
         "1 process, 1 thread:"
     )
     print(
-        f"  cpu  median {1 / np.median(cpu_a):7.0f} images/s per core ({1e3 * np.median(cpu_a):.3f} ms/image), "
+        f"  cpu  median {1 / np.median(cpu_a):7.0f} images/s per core "
+        f"({1e3 * np.median(cpu_a):.3f} ms/image), "
         f"best chunk {1 / cpu_a.min():7.0f} images/s"
     )
     print(
-        f"  wall median {1 / np.median(wall_a):7.0f} images/s          ({1e3 * np.median(wall_a):.3f} ms/image), "
+        f"  wall median {1 / np.median(wall_a):7.0f} images/s          "
+        f"({1e3 * np.median(wall_a):.3f} ms/image), "
         f"best chunk {1 / wall_a.min():7.0f} images/s"
     )
 

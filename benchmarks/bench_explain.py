@@ -62,9 +62,12 @@ def measure(
     torch.manual_seed(0)
     per_identity = min(20, images)
     dataset = FaceParts(
-        split="test", num_identities=-(-images // per_identity), images_per_identity=per_identity,
-        image_size=image_size, cache="memory",
-    )  # fmt: skip
+        split="test",
+        num_identities=-(-images // per_identity),
+        images_per_identity=per_identity,
+        image_size=image_size,
+        cache="memory",
+    )
     model = create_face_model(backbone, embedding_dim=512, image_size=image_size).to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
 
@@ -171,8 +174,9 @@ def main() -> None:
         return
     sizes = [max(args.images // 4, 1), args.images] if not args.quick else [8, 16]
     print(
-        f"explainability pass vs forward pass: {args.backbone} at {args.image_size} px, device {args.device}, "
-        f"batch {args.batch_size}" + (", MALLOC_MMAP_THRESHOLD_=131072" if args.fixed_mmap_threshold else "")
+        f"explainability pass vs forward pass: {args.backbone} at {args.image_size} px, "
+        f"device {args.device}, batch {args.batch_size}"
+        + (", MALLOC_MMAP_THRESHOLD_=131072" if args.fixed_mmap_threshold else "")
     )
     results = []
     for size in sizes:
@@ -190,9 +194,24 @@ def main() -> None:
             )
             print(json.dumps(results[-1]))
             continue
-        command = [sys.executable, __file__, "--child", str(size), "--batch-size", str(args.batch_size),
-                   "--device", args.device, "--backbone", args.backbone, "--tracking-images", str(args.tracking_images),
-                   "--image-size", str(args.image_size), "--repeat", str(args.repeat)]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(size),
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            args.device,
+            "--backbone",
+            args.backbone,
+            "--tracking-images",
+            str(args.tracking_images),
+            "--image-size",
+            str(args.image_size),
+            "--repeat",
+            str(args.repeat),
+        ]
         if args.exact:
             command.append("--exact")
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if args.fixed_mmap_threshold else None
@@ -208,7 +227,8 @@ def main() -> None:
         f"{large['ratio']} at {large['images']} images"
     )
     print(
-        f"extra peak memory of the explain pass: {small['extra_peak_rss_mb']} MB at {small['images']} images, "
+        f"extra peak memory of the explain pass: {small['extra_peak_rss_mb']} MB "
+        f"at {small['images']} images, "
         f"{large['extra_peak_rss_mb']} MB at {large['images']} images "
         f"(of which O(N C) maxima and peaks: {small['stats_mb']} MB and {large['stats_mb']} MB)"
     )

@@ -101,7 +101,8 @@ def bench_step(args, device: torch.device) -> float:
     print(f"  with ECLoss:    median {median_loss * 1e3:9.1f} ms/step  (min {min(with_loss) * 1e3:.1f})")
     print(
         f"  ratio with/without: median of {args.repeats} interleaved pairs {ratio:.3f} "
-        f"(goal <= {goal:.2f}: {'met' if ratio <= goal else 'NOT met'}); ratio of medians {median_loss / median_base:.3f}"
+        f"(goal <= {goal:.2f}: {'met' if ratio <= goal else 'NOT met'}); "
+        f"ratio of medians {median_loss / median_base:.3f}"
     )
     return median_base
 
@@ -158,7 +159,8 @@ def bench_losses(args, device: torch.device) -> None:
     naive = timed(lambda: run(naive_ecloss, sub), device)
     torch.testing.assert_close(ecloss(sub), naive_ecloss(sub), rtol=1e-4, atol=1e-5)
     print(
-        f"  naive per-map loop on {tuple(sub.shape)}: {naive * 1e3:.1f} ms vs vectorised {vectorised * 1e3:.2f} ms "
+        f"  naive per-map loop on {tuple(sub.shape)}: {naive * 1e3:.1f} ms "
+        f"vs vectorised {vectorised * 1e3:.2f} ms "
         f"({naive / vectorised:.0f}x faster; same value)"
     )
 

@@ -10,9 +10,9 @@ What is measured:
    steps; a callback timestamps every step, so a step's time includes data loading, forward,
    backward and the optimiser step. Reported: median images/s over steps 2.. (the first step pays
    for lazy initialisation).
-2. ECLoss overhead: ``ecl.train.train_step`` steps of the preset's model with ``loss.method=none`` (baseline) and
-   ``loss.method=ecloss`` alternate step by step on one model (so drifting machine load hits both
-   alike); the median ratio of adjacent steps' times is ECLoss's cost relative to the baseline step
+2. ECLoss overhead: ``ecl.train.train_step`` steps of the preset's model with ``loss.method=none``
+   (baseline) and ``loss.method=ecloss`` alternate step by step on one model (so drifting machine load
+   hits both alike); the median ratio of adjacent steps' times is ECLoss's cost relative to the baseline step
    (the ratios of median and of fastest step times are printed too; on a busy shared machine
    single steps vary several-fold, and only the paired ratio stays stable).
 3. On a CUDA machine only: resnet50 at 112 x 112 (face stem, ArcFace + ECLoss on layer3), bf16
@@ -137,7 +137,8 @@ def bench_cpu(quick: bool) -> dict:
         "ecloss_overhead_ratio_of_minima": min(times["ecloss"]) / min(times["none"]),
     }
     print(
-        f"CPU ({result['threads']} threads), {result['preset']} ({cfg.model.backbone}, {cfg.data.image_size} px, batch {batch}):"
+        f"CPU ({result['threads']} threads), {result['preset']} "
+        f"({cfg.model.backbone}, {cfg.data.image_size} px, batch {batch}):"
     )
     print(
         f"  fit() images/s ({cfg.loss.method}, data loading included), median of {len(fit_times)} steps: "
@@ -197,8 +198,16 @@ def bench_gpu(quick: bool) -> dict:
         for i in range(warmup + timed):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            train_step(module, optimizer, images, labels, cfg.loss, scaler=scaler, amp_dtype=dtype,
-                       clip_grad_norm=cfg.optim.clip_grad_norm)  # fmt: skip
+            train_step(
+                module,
+                optimizer,
+                images,
+                labels,
+                cfg.loss,
+                scaler=scaler,
+                amp_dtype=dtype,
+                clip_grad_norm=cfg.optim.clip_grad_norm,
+            )
             torch.cuda.synchronize()
             durations.append(time.perf_counter() - start)
             if i == warmup - 1:
@@ -209,13 +218,16 @@ def bench_gpu(quick: bool) -> dict:
         del model, head, module, optimizer
         torch.cuda.empty_cache()
     print(
-        f"GPU {results['device']}: resnet50, 112 px, batch {batch}, {dtype}, channels_last, ArcFace + ECLoss (layer3):"
+        f"GPU {results['device']}: resnet50, 112 px, batch {batch}, {dtype}, channels_last, "
+        "ArcFace + ECLoss (layer3):"
     )
     print(
-        f"  eager:         {results['images_per_s_eager']:8.0f} images/s (warm-up {results['warmup_seconds_eager']:.1f} s)"
+        f"  eager:         {results['images_per_s_eager']:8.0f} images/s "
+        f"(warm-up {results['warmup_seconds_eager']:.1f} s)"
     )
     print(
-        f"  torch.compile: {results['images_per_s_compile']:8.0f} images/s (warm-up {results['warmup_seconds_compile']:.1f} s)"
+        f"  torch.compile: {results['images_per_s_compile']:8.0f} images/s "
+        f"(warm-up {results['warmup_seconds_compile']:.1f} s)"
     )
     return results
 

@@ -31,6 +31,7 @@ _SUBMODULES = (
     "optim",
     "reproduce",
     "results",
+    "runtime",
     "studies",
     "train",
     "utils",

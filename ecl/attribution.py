@@ -1,4 +1,5 @@
-"""Which face parts made two faces similar: channels assigned to parts, and a pair's score broken down by part.
+"""Which face parts made two faces similar: channels assigned to parts, and a pair's score broken
+down by part.
 
 With channels that are part detectors, a pair of images gets one similarity per part (eyes, brows,
 nose, mouth, hair, skin) next to the embedding's own. :func:`assign_parts` decides which channels
@@ -182,9 +183,11 @@ class PartAssignment:
             FileNotFoundError: no ``part_assignment.json`` there (the message says how to make one).
         """
         path = Path(path)
-        candidates = [path] if path.suffix == ".json" else [
-            path / ASSIGNMENT_FILE, path.parent / ASSIGNMENT_FILE, path.parent.parent / ASSIGNMENT_FILE
-        ]  # fmt: skip
+        candidates = (
+            [path]
+            if path.suffix == ".json"
+            else [path / ASSIGNMENT_FILE, path.parent / ASSIGNMENT_FILE, path.parent.parent / ASSIGNMENT_FILE]
+        )
         for candidate in candidates:
             if candidate.is_file():
                 try:
@@ -274,9 +277,14 @@ def assign_parts(
         dataset, part_names = LandmarkPartMasks(dataset), LANDMARK_PART_NAMES
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     stats = collect_activations(
-        model, loader, device=device, quantile=quantile, progress=progress,
-        landmark_names=landmark_names, part_names=part_names,
-    )  # fmt: skip
+        model,
+        loader,
+        device=device,
+        quantile=quantile,
+        progress=progress,
+        landmark_names=landmark_names,
+        part_names=part_names,
+    )
     fired = stats.fired
     masked = np.where(fired, stats.max_activation, np.nan)
     with np.errstate(all="ignore"):
@@ -290,10 +298,16 @@ def assign_parts(
         chosen = {g: parts for g, parts in chosen.items() if parts}
         assigned, source = _fallback_assignment(iou, chosen)
         return PartAssignment(
-            part_names=part_names, assigned=assigned, reference_peak=reference, groups=chosen, source=source,
-            method="part_iou", iou_threshold=iou_threshold, num_reference_images=stats.num_images,
+            part_names=part_names,
+            assigned=assigned,
+            reference_peak=reference,
+            groups=chosen,
+            source=source,
+            method="part_iou",
+            iou_threshold=iou_threshold,
+            num_reference_images=stats.num_images,
             best_iou=iou.best_iou,
-        )  # fmt: skip
+        )
     if stats.landmarks is not None and np.isfinite(stats.landmarks).any():
         names = landmark_names or tuple(f"landmark_{k}" for k in range(stats.landmarks.shape[1]))
         chosen: dict[str, list[str]] = {}
@@ -304,11 +318,15 @@ def assign_parts(
             chosen = {g: list(parts) for g, parts in groups.items()}
         assigned = landmark_assignment(stats)
         return PartAssignment(
-            part_names=names, assigned=assigned, reference_peak=reference,
+            part_names=names,
+            assigned=assigned,
+            reference_peak=reference,
             groups={g: tuple(p) for g, p in chosen.items()},
-            source={g: "nearest landmark" for g in chosen}, method="landmark", iou_threshold=iou_threshold,
+            source={g: "nearest landmark" for g in chosen},
+            method="landmark",
+            iou_threshold=iou_threshold,
             num_reference_images=stats.num_images,
-        )  # fmt: skip
+        )
     raise ValueError(
         "assign_parts needs a reference set with part masks ('masks') or landmarks; "
         "use FaceParts (ecl.data.build_dataset('faceparts', split='test')) or a dataset with landmarks"

@@ -321,7 +321,8 @@ def load_weights(ckpt: Path, model: nn.Module, head: nn.Module, meta: dict[str, 
             ) from err
         if missing or unexpected:
             raise CheckpointError(
-                f"checkpoint {ckpt} does not fit the {prefix[:-1]} its config builds: missing {list(missing)[:5]}, "
+                f"checkpoint {ckpt} does not fit the {prefix[:-1]} its config builds: "
+                f"missing {list(missing)[:5]}, "
                 f"unexpected {list(unexpected)[:5]}; was it written by another version of ecl?"
             )
 
@@ -464,8 +465,12 @@ class RunLock:
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
-        me = {"pid": pid, "host": socket.gethostname(), "start": _process_start(pid),
-              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        me = {
+            "pid": pid,
+            "host": socket.gethostname(),
+            "start": _process_start(pid),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

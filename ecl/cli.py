@@ -46,14 +46,28 @@ def _add_book(subparsers) -> None:
             "cell, naming the notebook and the cell."
         ),
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                        help="quick: 2-core CPU in minutes (CI); full: GPU, the book's full results")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="quick",
+        help="quick: 2-core CPU in minutes (CI); full: GPU, the book's full results",
+    )
     parser.add_argument("--root", default=".", help="book root holding _config.yml and _toc.yml (default: .)")
     parser.add_argument("--out", default=None, help="output folder (default: ROOT/_build)")
-    parser.add_argument("--only", action="append", metavar="TEXT",
-                        help="execute only notebooks whose path contains TEXT (repeatable)")  # fmt: skip
-    parser.add_argument("--param", action="append", type=_set_values, default=[], metavar="NAME=VALUE",
-                        help="extra notebook parameter, value parsed as YAML (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TEXT",
+        help="execute only notebooks whose path contains TEXT (repeatable)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        type=_set_values,
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra notebook parameter, value parsed as YAML (repeatable)",
+    )
     parser.add_argument("--no-build", action="store_true", help="execute only, do not build the HTML")
     parser.set_defaults(func=_run_book)
 
@@ -62,8 +76,14 @@ def _run_book(args: argparse.Namespace) -> int:
     from ecl.book import BookError, run_book
 
     try:
-        run_book(root=args.root, profile=args.profile, out=args.out, only=args.only,
-                 parameters=dict(args.param), build=not args.no_build)  # fmt: skip
+        run_book(
+            root=args.root,
+            profile=args.profile,
+            out=args.out,
+            only=args.only,
+            parameters=dict(args.param),
+            build=not args.no_build,
+        )
     except BookError as err:
         return _error(err, 1)
     return 0
@@ -84,23 +104,40 @@ The run folder holds config.yaml, metrics.jsonl and checkpoints/ (see ecl.checkp
 
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a model from a YAML config", description=_TRAIN_DESCRIPTION,
+        "train",
+        help="train a model from a YAML config",
+        description=_TRAIN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("--config", required=True, metavar="FILE",
-                        help="experiment YAML, e.g. configs/faceparts-quick.yaml")  # fmt: skip
+    )
     parser.add_argument(
-        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-        help="override config keys, e.g. --set loss.lambda=0.5 optim.lr=1e-3 (repeatable; values are parsed as YAML)",
-    )  # fmt: skip
-    parser.add_argument("--out", metavar="DIR", default=None,
-                        help="run folder (default: run.out_dir, else runs/<name>-<config hash>)")  # fmt: skip
+        "--config", required=True, metavar="FILE", help="experiment YAML, e.g. configs/faceparts-quick.yaml"
+    )
     parser.add_argument(
-        "--max-steps", type=int, default=None, metavar="N",
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set loss.lambda=0.5 optim.lr=1e-3 "
+        "(repeatable; values are parsed as YAML)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="run folder (default: run.out_dir, else runs/<name>-<config hash>)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
         help="stop after N steps in total; the schedule still spans the whole run, so --resume continues it",
-    )  # fmt: skip
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint in the run folder")  # fmt: skip
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in the run folder"
+    )
     parser.set_defaults(func=_run_train)
 
 
@@ -117,14 +154,22 @@ def _run_train(args: argparse.Namespace) -> int:
         result = fit(cfg, out_dir=args.out, max_steps=args.max_steps, resume=args.resume)
     except KeyboardInterrupt:
         return 130
-    except (NonFiniteLossError, RunLockedError, CheckpointError, FileExistsError, FileNotFoundError,
-            ConfigError, ValueError) as err:  # fmt: skip
+    except (
+        NonFiniteLossError,
+        RunLockedError,
+        CheckpointError,
+        FileExistsError,
+        FileNotFoundError,
+        ConfigError,
+        ValueError,
+    ) as err:
         return _error(err, 1)
     if result.checkpoint is not None:
         status = (
-            "complete" if result.complete
+            "complete"
+            if result.complete
             else f"stopped at step {result.step}/{result.total_steps} (--resume continues)"
-        )  # fmt: skip
+        )
         loss = result.final_loss
         loss_text = f", final loss {loss:.4f}" if loss is not None else ""
         print(f"{status}{loss_text}, {result.seconds:.1f} s; checkpoint: {result.checkpoint}")
@@ -151,8 +196,12 @@ def _add_evaluate(subparsers) -> None:
         "--data", default="faceparts", help=f"{DATA_SPECS} (bin: an insightface verification pack)"
     )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-images", type=int, default=None,
-                        help="a quick look: about N/2 pairs (fold-balanced) and N images")  # fmt: skip
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="a quick look: about N/2 pairs (fold-balanced) and N images",
+    )
     parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
     parser.add_argument("--no-explain", action="store_true", help="verification only")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -171,10 +220,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         output = {"checkpoint": str(args.checkpoint)}
         output.update(
             evaluate_model(
-                model, args.data, batch_size=args.batch_size, flip=not args.no_flip, explain=not args.no_explain,
-                max_images=args.max_images, device=args.device, progress=not args.quiet,
+                model,
+                args.data,
+                batch_size=args.batch_size,
+                flip=not args.no_flip,
+                explain=not args.no_explain,
+                max_images=args.max_images,
+                device=args.device,
+                progress=not args.quiet,
             )
-        )  # fmt: skip
+        )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         return _error(err, 2)
     text = json.dumps(output, default=json_default)
@@ -205,9 +260,14 @@ def _add_reproduce(subparsers) -> None:
     add(
         "--profile", choices=sorted(PROFILES), default="quick", help="quick: the CPU grid; full: the GPU grid"
     )
-    add("--studies", nargs="+", default=None,
-        help="subset of: faceparts lfw ablations game (default: faceparts lfw; ablations: one seed of ECLoss per "
-             "documented choice; game: the part-swap game and occlusion study on the faceparts models)")  # fmt: skip
+    add(
+        "--studies",
+        nargs="+",
+        default=None,
+        help="subset of: faceparts lfw ablations game (default: faceparts lfw; "
+        "ablations: one seed of ECLoss per documented choice; "
+        "game: the part-swap game and occlusion study on the faceparts models)",
+    )
     add("--methods", nargs="+", default=None, choices=list(METHODS), help="default: all of them")
     add(
         "--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (ablations: 0, one seed per point)"
@@ -215,17 +275,35 @@ def _add_reproduce(subparsers) -> None:
     add("--data-root", default=None, help="folder holding lfw/ and celeba_subset/ (needed for the lfw study)")
     add("--runs", default="runs", help="run folders (default: runs)")
     add("--results", default="book/results", help="result files (default: book/results)")
-    add("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-        help="config overrides applied to every run (they change the run folders)")  # fmt: skip
+    add(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides applied to every run (they change the run folders)",
+    )
     add("--max-images", type=int, default=None, help="evaluate on fewer images (a quick look)")
     add("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
-    add("--ablations", nargs="+", default=None, metavar="NAME",
-        help=f"with --studies ablations: only these (of: {', '.join(repr(n) for n in ABLATIONS)})")  # fmt: skip
+    add(
+        "--ablations",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"with --studies ablations: only these (of: {', '.join(repr(n) for n in ABLATIONS)})",
+    )
     add("--redo", action="store_true", help="recompute result files that exist")
-    add("--summary", action="store_true",
-        help="train nothing: print the mean ± std table of the results in --results as markdown")  # fmt: skip
-    add("--update-readme", metavar="README", default=None,
-        help="with --summary: also rewrite the results block of this README")  # fmt: skip
+    add(
+        "--summary",
+        action="store_true",
+        help="train nothing: print the mean ± std table of the results in --results as markdown",
+    )
+    add(
+        "--update-readme",
+        metavar="README",
+        default=None,
+        help="with --summary: also rewrite the results block of this README",
+    )
     parser.set_defaults(func=_run_reproduce)
 
 
@@ -245,10 +323,19 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 
     try:
         run_grid(
-            profile=args.profile, studies=args.studies, methods=args.methods, seeds=args.seeds,
-            runs_root=args.runs, results_dir=args.results, data_root=args.data_root, overrides=args.set,
-            max_images=args.max_images, device=args.device, skip_existing=not args.redo, ablations=args.ablations,
-        )  # fmt: skip
+            profile=args.profile,
+            studies=args.studies,
+            methods=args.methods,
+            seeds=args.seeds,
+            runs_root=args.runs,
+            results_dir=args.results,
+            data_root=args.data_root,
+            overrides=args.set,
+            max_images=args.max_images,
+            device=args.device,
+            skip_existing=not args.redo,
+            ablations=args.ablations,
+        )
     except (FileNotFoundError, ValueError) as err:
         return _error(err, 1)
     return 0
@@ -290,8 +377,15 @@ def _run_explain_pair(args: argparse.Namespace) -> int:
         model, _ = load_run(args.checkpoint, map_location="cpu")
         size = int(getattr(model, "image_size", 112))
         image_a, image_b = (image_tensor(p, size) for p in pictures)
-        result = explain_pair(model, image_a, image_b, assignment, descriptor=args.descriptor, saliency=False,
-                              device=args.device)  # fmt: skip
+        result = explain_pair(
+            model,
+            image_a,
+            image_b,
+            assignment,
+            descriptor=args.descriptor,
+            saliency=False,
+            device=args.device,
+        )
     except (FileNotFoundError, ValueError) as err:
         return _error(err, 2)
     print(json.dumps({"image_a": args.image_a, "image_b": args.image_b, **result.to_dict()}))
@@ -328,13 +422,20 @@ def _run_assign_parts(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         return _error(err, 2)
     reference = build_dataset(
-        "faceparts", split="test", image_size=int(getattr(model, "image_size", 112)),
-        num_identities=args.identities, images_per_identity=args.images_per_identity, seed=config.data.seed,
-    )  # fmt: skip
+        "faceparts",
+        split="test",
+        image_size=int(getattr(model, "image_size", 112)),
+        num_identities=args.identities,
+        images_per_identity=args.images_per_identity,
+        seed=config.data.seed,
+    )
     assignment = assign_parts(model, reference, batch_size=args.batch_size, device=args.device)
     path = assignment.save(Path(args.out) if args.out else Path(args.checkpoint))
-    summary = {"saved": str(path), "source": assignment.source,
-               "channels_per_part": assignment.to_dict()["channels_per_part"]}  # fmt: skip
+    summary = {
+        "saved": str(path),
+        "source": assignment.source,
+        "channels_per_part": assignment.to_dict()["channels_per_part"],
+    }
     print(json.dumps(summary))
     return 0
 
@@ -342,15 +443,21 @@ def _run_assign_parts(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ main
 #: The commands, in the order ``--help`` lists them.
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
-    _add_book, _add_train, _add_evaluate, _add_reproduce, _add_explain_pair, _add_assign_parts,
-)  # fmt: skip
+    _add_book,
+    _add_train,
+    _add_evaluate,
+    _add_reproduce,
+    _add_explain_pair,
+    _add_assign_parts,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ecl`` parser with every command."""
     parser = argparse.ArgumentParser(
         prog="python -m ecl",
-        description="Explainable Channel Loss (ECLoss) for face recognition: train, evaluate, build the book.",
+        description="Explainable Channel Loss (ECLoss) for face recognition: "
+        "train, evaluate, build the book.",
     )
     parser.add_argument("--version", action="version", version=f"ecl {ecl.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

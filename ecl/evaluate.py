@@ -347,16 +347,25 @@ def load_evaluation_data(
         identities = 100 if max_images is None else max(2, max_images // per)
         num_pairs = min(1000, max(20, identities * per // 40 * 20))
         dataset, pairs = ecl_data.build_pairs(
-            "faceparts", None, split="test", image_size=image_size, num_pairs=num_pairs,
-            num_identities=identities, images_per_identity=per,
-        )  # fmt: skip
+            "faceparts",
+            None,
+            split="test",
+            image_size=image_size,
+            num_pairs=num_pairs,
+            num_identities=identities,
+            images_per_identity=per,
+        )
         return dataset, pairs, dataset
     if kind in ("lfw", "lfw-view2"):
         view = "test" if kind == "lfw" else "view2"
         dataset, pairs = ecl_data.build_pairs(
-            "lfw", root, view=view, image_size=image_size, on_missing="drop",
+            "lfw",
+            root,
+            view=view,
+            image_size=image_size,
+            on_missing="drop",
             max_pairs=None if max_images is None else max(20, max_images // 2),
-        )  # fmt: skip
+        )
         explain_dataset = ecl_data.build_dataset(
             "lfw", root, split="test", image_size=image_size, landmarks="68pt"
         )

@@ -92,8 +92,8 @@ class Study:
 
 
 #: The ablations of the documented choices (METHOD section 4): each is ECLoss on the FaceParts grid preset
-#: with these overrides (one seed unless more are asked for); the grid's ``faceparts`` ECLoss and baseline runs of that seed are the
-#: reference. Run with ``python -m ecl reproduce --studies ablations``.
+#: with these overrides (one seed unless more are asked for); the grid's ``faceparts`` ECLoss and
+#: baseline runs of that seed are the reference. Run with ``python -m ecl reproduce --studies ablations``.
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "lambda=0.3": ("loss.lambda=0.3",),
     "lambda=10": ("loss.lambda=10",),
@@ -133,12 +133,27 @@ assert METHODS["ecloss-tuned"] == ("loss.method=ecloss", *ABLATIONS[SEARCHED])
 
 #: The search points: the ablations that :func:`pick_setting` chooses from.
 SEARCH: tuple[str, ...] = (
-    "lambda=0.3", "lambda=10", "lambda=30", "beta=2", "beta=8", "gamma=0.05", "peak=centroid", "forward mask",
-    "target 7x7 (layer4)", "lambda=10 beta=8", "lambda=10 gamma=0.05", "lambda=10 centroid", "lambda=10 beta=14",
-    "lambda=30 beta=8", "lambda=10 centroid gamma=0.05", "lambda=10 centroid gamma=0.5",
-    "lambda=10 centroid forward mask", "lambda=10 centroid 28x28 (layer2)", "lambda=10 centroid gamma=0.1",
+    "lambda=0.3",
+    "lambda=10",
+    "lambda=30",
+    "beta=2",
+    "beta=8",
+    "gamma=0.05",
+    "peak=centroid",
+    "forward mask",
+    "target 7x7 (layer4)",
+    "lambda=10 beta=8",
+    "lambda=10 gamma=0.05",
+    "lambda=10 centroid",
+    "lambda=10 beta=14",
+    "lambda=30 beta=8",
+    "lambda=10 centroid gamma=0.05",
+    "lambda=10 centroid gamma=0.5",
+    "lambda=10 centroid forward mask",
+    "lambda=10 centroid 28x28 (layer2)",
+    "lambda=10 centroid gamma=0.1",
     "lambda=10 centroid gamma=0.2",
-)  # fmt: skip
+)
 
 
 #: The seeds of the grid and the game (the ablations' search points use the first alone).

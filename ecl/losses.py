@@ -48,7 +48,8 @@ def _check_activations(activations: Tensor, name: str = "activations") -> None:
         )
     if activations.dim() != 4:
         raise ValueError(
-            f"{name} must have shape (B, C, H, W) (the target layer's output), got {tuple(activations.shape)}; "
+            f"{name} must have shape (B, C, H, W) (the target layer's output), "
+            f"got {tuple(activations.shape)}; "
             "add a batch dimension with .unsqueeze(0) for a single image"
         )
     if not activations.is_floating_point():
@@ -111,7 +112,8 @@ def activation_template(
 def positive_template(
     peaks: Tensor, size: tuple[int, int], beta: float = 4.0, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """``T_mu^+ = max(T_mu, 0)``, the diamond-shaped pyramid ECLoss matches (see :func:`activation_template`)."""
+    """``T_mu^+ = max(T_mu, 0)``, the diamond-shaped pyramid ECLoss matches (see
+    :func:`activation_template`)."""
     return activation_template(peaks, size, beta=beta, positive=True, dtype=dtype)
 
 
@@ -324,7 +326,8 @@ class TemplateMask(nn.Module):
 
 # ------------------------------------------------------------------------------------ baselines
 def sad_loss(activations: Tensor) -> Tensor:
-    """SAD baseline: the diversity term of METHOD section 4 alone (``L_div``; train with ``L_id + gamma * L_div``).
+    """SAD baseline: the diversity term of METHOD section 4 alone (``L_div``; train with
+    ``L_id + gamma * L_div``).
 
     Per image, the mean squared cosine between the maps of distinct active channels, averaged over the
     images with at least two active maps; 0 (differentiable) when there is none.
@@ -346,7 +349,8 @@ def icnn_filter_loss(
     alpha: float | None = None,
     beta: float = 4.0,
 ) -> Tensor:
-    """ICNN's filter loss ``-MI(X; T)`` (Zhang et al., CVPR 2018), estimated over the batch (METHOD section 5).
+    """ICNN's filter loss ``-MI(X; T)`` (Zhang et al., CVPR 2018), estimated over the batch (METHOD
+    section 5).
 
     For each channel, the batch's maps ``X = {x_b}`` are scored against ``H*W`` positive templates
     ``tau * T_mu`` (one per cell, the signed templates of :func:`activation_template`) and one negative
@@ -414,7 +418,8 @@ def icnn_filter_loss(
 
 # ----------------------------------------------------------------------------------- margin heads
 class MarginHead(nn.Module):
-    """Combined-margin classifier (insightface): logits ``s * cos(m1 * theta + m2) - s * m3`` for the true class.
+    """Combined-margin classifier (insightface): logits ``s * cos(m1 * theta + m2) - s * m3`` for the
+    true class.
 
     Weights and embeddings are L2-normalised, so every logit is ``s * cos(theta_k)``; only the target
     class gets the margin. ``(m1, m2, m3) = (1, 0, 0)`` is a normalised softmax (NormFace), ``(1, 0.5, 0)``

@@ -30,8 +30,15 @@ from ecl.data.landmark_masks import LANDMARK_PART_NAMES, LandmarkPartMasks
 from ecl.utils import autocast, batch_images, dataset_attr, eval_mode, json_float, model_device, progress_bar
 
 DEFAULT_SHIFTS: tuple[tuple[int, int], ...] = (
-    (1, 0), (-1, 0), (2, 0), (-2, 0), (0, 1), (0, -1), (0, 2), (0, -2),
-)  # fmt: skip
+    (1, 0),
+    (-1, 0),
+    (2, 0),
+    (-2, 0),
+    (0, 1),
+    (0, -1),
+    (0, 2),
+    (0, -2),
+)
 """(dx, dy) image shifts in target-layer cells used by ``translation_tracking``."""
 
 
@@ -530,9 +537,14 @@ def explainability_metrics(
         )
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     stats = collect_activations(
-        model, loader, device=device, quantile=quantile, progress=progress,
-        landmark_names=landmark_names, part_names=part_names,
-    )  # fmt: skip
+        model,
+        loader,
+        device=device,
+        quantile=quantile,
+        progress=progress,
+        landmark_names=landmark_names,
+        part_names=part_names,
+    )
     out: dict[str, Any] = {
         "num_images": stats.num_images,
         "num_channels": stats.num_channels,
@@ -559,9 +571,14 @@ def explainability_metrics(
     if masks_from is not None:
         if exact_iou:
             iou = part_iou(
-                model, loader, stats.thresholds, part_names, device=device, iou_threshold=iou_threshold,
+                model,
+                loader,
+                stats.thresholds,
+                part_names,
+                device=device,
+                iou_threshold=iou_threshold,
                 progress=progress,
-            )  # fmt: skip
+            )
         else:
             iou = part_iou_from_stats(stats, iou_threshold)
         out["part_iou"] = {**iou.to_dict(per_channel), "masks": masks_from}

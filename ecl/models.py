@@ -273,7 +273,8 @@ class FaceModel(nn.Module):
             )
         if self.pooling == "flatten" and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(
-                f"this model flattens its final map, so it takes {self.image_size} x {self.image_size} images, "
+                "this model flattens its final map, "
+                f"so it takes {self.image_size} x {self.image_size} images, "
                 f"got {tuple(images.shape[-2:])}; resize the images or build the model with "
                 f"image_size={images.shape[-1]} (or pooling='avg')"
             )
@@ -289,7 +290,8 @@ class FaceModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"target_layer={self.target_layer!r}, target_size={self.target_size}, num_channels={self.num_channels}, "
+            f"target_layer={self.target_layer!r}, target_size={self.target_size}, "
+            f"num_channels={self.num_channels}, "
             f"embedding_dim={self.embedding_dim}, image_size={self.image_size}, pooling={self.pooling!r}"
         )
 
@@ -398,7 +400,8 @@ def create_face_model(
 def list_target_layers(
     backbone: str = "resnet18", image_size: int = 112, **kwargs: Any
 ) -> dict[str, tuple[int, int, int]]:
-    """``(C, H, W)`` of every valid target layer of a backbone, built with :func:`create_face_model`'s options."""
+    """``(C, H, W)`` of every valid target layer of a backbone, built with :func:`create_face_model`'s
+    options."""
     return create_face_model(backbone, image_size=image_size, **kwargs).layer_shapes()
 
 

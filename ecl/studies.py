@@ -76,7 +76,8 @@ def _render_trials(dataset: Any, parts: Sequence[str], num_trials: int, seed: in
     """Images, label maps and truth of the game's (original, chimera) pairs."""
     if not hasattr(dataset, "render_chimera"):
         raise TypeError(
-            f"the part-swap game needs a FaceParts dataset (it renders chimeras); got {type(dataset).__name__}"
+            "the part-swap game needs a FaceParts dataset (it renders chimeras); "
+            f"got {type(dataset).__name__}"
         )
     if dataset.num_identities < 2:
         raise ValueError("the part-swap game needs at least two identities")
@@ -116,7 +117,8 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 def _mask_pooled(
     normed: torch.Tensor, masks_a: torch.Tensor, masks_b: torch.Tensor, attention: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The game's reference rows for one batch of pairs (activations of the ``n`` originals, then the chimeras).
+    """The game's reference rows for one batch of pairs (activations of the ``n`` originals, then the
+    chimeras).
 
     The all-channel descriptor pooled under the true part masks (no part channels needed), and how
     much of each part's channel attention lies inside its mask.

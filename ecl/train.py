@@ -74,6 +74,7 @@ from ecl.data.sampler import GlobalBatchSampler, collate_images_labels, flip_mas
 from ecl.losses import ecloss, icnn_filter_loss, sad_loss
 from ecl.models import build_model
 from ecl.optim import build_optimizer, learning_rate
+from ecl.runtime import Processes, backend_settings, init_processes, resolve_amp
 from ecl.utils import resolve_device, rng_state, seed_everything, set_rng_state
 
 __all__ = [
@@ -129,102 +130,6 @@ class TrainResult:
     def final_loss(self) -> float | None:
         steps = [h for h in self.history if h.get("event") == "step"]
         return steps[-1]["loss"] if steps else None
-
-
-# --------------------------------------------------------------------------------- environment
-def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """Mixed-precision dtype and whether a grad scaler is needed.
-
-    ``auto``: bf16 on CUDA devices that support it, else fp16 with a grad scaler; off on CPU and
-    MPS (CPU autocast is slower than float32 for these convolutions, and MPS autocast is partial).
-
-    Returns:
-        ``(dtype or None for off, use_grad_scaler)``.
-    """
-    if amp == "off":
-        return None, False
-    if amp == "auto":
-        if device.type != "cuda":
-            return None, False
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "bf16":
-        return torch.bfloat16, False
-    if amp == "fp16":
-        if device.type == "cpu":
-            raise ConfigError("run.amp=fp16 is not supported on the CPU; use run.amp=bf16 or off")
-        return torch.float16, device.type == "cuda"
-    raise ConfigError(f"run.amp must be auto, bf16, fp16 or off, got {amp!r}")
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    initialised_here: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_name: str) -> _Dist:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    initialised_here = False
-    if not dist.is_initialized():
-        use_nccl = torch.cuda.is_available() and device_name in ("auto",) or device_name.startswith("cuda")
-        if use_nccl:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
-        initialised_here = True
-    return _Dist(
-        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), initialised_here
-    )
-
-
-@contextlib.contextmanager
-def _backend_settings(deterministic: bool, device: torch.device) -> Iterator[None]:
-    """Set the backend flags a run asks for, and put back what was there before when the run ends."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        cudnn.benchmark,
-        cudnn.deterministic,
-        cudnn.allow_tf32,
-        matmul.allow_tf32,
-        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-    )
-    try:
-        if deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            cudnn.benchmark = False
-            cudnn.deterministic = True
-        elif device.type == "cuda":
-            cudnn.benchmark = True
-            matmul.allow_tf32 = True
-            cudnn.allow_tf32 = True
-        yield
-    finally:
-        det, warn_only, cudnn.benchmark, cudnn.deterministic, tf32_cudnn, tf32_matmul, workspace = saved
-        torch.use_deterministic_algorithms(det, warn_only=warn_only)
-        if cudnn.allow_tf32 != tf32_cudnn:
-            cudnn.allow_tf32 = tf32_cudnn
-        if matmul.allow_tf32 != tf32_matmul:
-            matmul.allow_tf32 = tf32_matmul
-        if workspace is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 # ----------------------------------------------------------------------------------- one step
@@ -378,8 +283,10 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    parts_out = {name: float(value.item()) if isinstance(value, Tensor) else float(value)
-                 for name, value in part_sums.items()}  # fmt: skip
+    parts_out = {
+        name: float(value.item()) if isinstance(value, Tensor) else float(value)
+        for name, value in part_sums.items()
+    }
     return StepResult(loss=loss_value, parts=parts_out, grad_norm=grad_norm)
 
 
@@ -389,7 +296,7 @@ class _Run:
     """Everything the loop of one :func:`fit` call works with."""
 
     cfg: ExperimentConfig
-    dist: _Dist
+    dist: Processes
     device: torch.device
     amp_dtype: torch.dtype | None
     run_dir: Path
@@ -426,7 +333,9 @@ def _existing_checkpoint(run_dir: Path, resume: bool) -> Path | None:
     return ckpt
 
 
-def _prepare(cfg: ExperimentConfig, run_dir: Path, max_steps, ckpt: Path | None, dist_info: _Dist) -> _Run:
+def _prepare(
+    cfg: ExperimentConfig, run_dir: Path, max_steps, ckpt: Path | None, dist_info: Processes
+) -> _Run:
     """Data, model, optimiser and loader of a run, restored from ``ckpt`` when resuming."""
     device = resolve_device(cfg.run.device)
     amp_dtype, use_scaler = resolve_amp(cfg.run.amp, device)
@@ -449,14 +358,25 @@ def _prepare(cfg: ExperimentConfig, run_dir: Path, max_steps, ckpt: Path | None,
     head.to(device)
     optimizer = build_optimizer((model, head), optim_cfg)
     run = _Run(
-        cfg=cfg, dist=dist_info, device=device, amp_dtype=amp_dtype, run_dir=run_dir, model=model, head=head,
-        module=TrainModule(model, head), optimizer=optimizer,
-        scaler=torch.amp.GradScaler(device.type) if use_scaler else None, sampler=sampler,
-        loader=_loader(dataset, sampler, cfg, device), num_classes=int(dataset.num_classes),
-        steps_per_epoch=sampler.batches_per_epoch, total_steps=total_steps,
-        stop_step=total_steps if max_steps is None else min(int(max_steps), total_steps), start_step=0,
+        cfg=cfg,
+        dist=dist_info,
+        device=device,
+        amp_dtype=amp_dtype,
+        run_dir=run_dir,
+        model=model,
+        head=head,
+        module=TrainModule(model, head),
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(device.type) if use_scaler else None,
+        sampler=sampler,
+        loader=_loader(dataset, sampler, cfg, device),
+        num_classes=int(dataset.num_classes),
+        steps_per_epoch=sampler.batches_per_epoch,
+        total_steps=total_steps,
+        stop_step=total_steps if max_steps is None else min(int(max_steps), total_steps),
+        start_step=0,
         checkpoint=ckpt,
-    )  # fmt: skip
+    )
     if ckpt is not None:
         _restore(run, ckpt)
     else:
@@ -541,9 +461,12 @@ class _Log:
             from tqdm.auto import tqdm
 
             self.progress = tqdm(
-                total=run.stop_step, initial=run.start_step, desc=run.cfg.run.name or run.run_dir.name,
-                unit="step", dynamic_ncols=True,
-            )  # fmt: skip
+                total=run.stop_step,
+                initial=run.start_step,
+                desc=run.cfg.run.name or run.run_dir.name,
+                unit="step",
+                dynamic_ncols=True,
+            )
 
     def write(self, record: dict) -> None:
         self.history.append(record)
@@ -555,9 +478,15 @@ class _Log:
         run = self.run
         self.interval_images += run.cfg.optim.batch_size
         record = {
-            "event": "step", "step": run.step, "epoch": epoch, "loss": result.loss, **result.parts, "lr": lr,
-            "grad_norm": result.grad_norm, "total_steps": run.total_steps,
-        }  # fmt: skip
+            "event": "step",
+            "step": run.step,
+            "epoch": epoch,
+            "loss": result.loss,
+            **result.parts,
+            "lr": lr,
+            "grad_norm": result.grad_norm,
+            "total_steps": run.total_steps,
+        }
         for name in ("loss", *result.parts):
             self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + record[name]
         self.epoch_count += 1
@@ -580,8 +509,13 @@ class _Log:
 
     def end(self, seconds: float) -> None:
         run = self.run
-        record = {"event": "end", "step": run.step, "total_steps": run.total_steps,
-                  "complete": run.step >= run.total_steps, "seconds": seconds}  # fmt: skip
+        record = {
+            "event": "end",
+            "step": run.step,
+            "total_steps": run.total_steps,
+            "complete": run.step >= run.total_steps,
+            "seconds": seconds,
+        }
         self.write(record)
         _dispatch(self.callbacks, record)
 
@@ -595,10 +529,18 @@ class _Log:
 def _save(run: _Run, rng: list[dict]) -> Path | None:
     if run.main:
         run.checkpoint = save_checkpoint(
-            run.run_dir, model=run.model, head=run.head, optimizer=run.optimizer, scaler=run.scaler,
-            config=run.cfg, step=run.step, total_steps=run.total_steps, num_classes=run.num_classes, rng=rng,
+            run.run_dir,
+            model=run.model,
+            head=run.head,
+            optimizer=run.optimizer,
+            scaler=run.scaler,
+            config=run.cfg,
+            step=run.step,
+            total_steps=run.total_steps,
+            num_classes=run.num_classes,
+            rng=rng,
             keep=run.cfg.run.keep_checkpoints,
-        )  # fmt: skip
+        )
     return run.checkpoint
 
 
@@ -613,7 +555,8 @@ def _gathered_rng(run: _Run) -> list[dict]:
 
 
 def _train_loop(run: _Run, log: _Log, step_start: dict) -> None:
-    """Steps from ``run.step`` to ``run.stop_step``; ``step_start`` holds the RNG state of the step under way."""
+    """Steps from ``run.step`` to ``run.stop_step``; ``step_start`` holds the RNG state of the step
+    under way."""
     cfg, optim_cfg = run.cfg, run.cfg.optim
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     epoch = run.step // run.steps_per_epoch
@@ -631,17 +574,29 @@ def _train_loop(run: _Run, log: _Log, step_start: dict) -> None:
             labels = labels.to(run.device, non_blocking=True)
             try:
                 result = train_step(
-                    run.module, run.optimizer, images, labels, cfg.loss, lr=lr, accum_steps=optim_cfg.accum_steps,
-                    clip_grad_norm=optim_cfg.clip_grad_norm, scaler=run.scaler, amp_dtype=run.amp_dtype,
+                    run.module,
+                    run.optimizer,
+                    images,
+                    labels,
+                    cfg.loss,
+                    lr=lr,
+                    accum_steps=optim_cfg.accum_steps,
+                    clip_grad_norm=optim_cfg.clip_grad_norm,
+                    scaler=run.scaler,
+                    amp_dtype=run.amp_dtype,
                     world_size=run.dist.world_size,
-                )  # fmt: skip
+                )
             except NonFiniteLossError as err:
-                where = str(run.checkpoint) if run.checkpoint is not None else (
-                    "none (no checkpoint was written yet; set run.checkpoint_every)")  # fmt: skip
+                where = (
+                    str(run.checkpoint)
+                    if run.checkpoint is not None
+                    else ("none (no checkpoint was written yet; set run.checkpoint_every)")
+                )
                 raise NonFiniteLossError(
-                    f"{err} at step {run.step + 1} (epoch {epoch}); the weights were not updated with it. Last good "
-                    f"checkpoint: {where}. Lower optim.lr, set optim.clip_grad_norm or run.amp=off, then continue "
-                    "with --resume"
+                    f"{err} at step {run.step + 1} (epoch {epoch}); "
+                    "the weights were not updated with it. "
+                    f"Last good checkpoint: {where}. "
+                    "Lower optim.lr, set optim.clip_grad_norm or run.amp=off, then continue with --resume"
                 ) from None
             run.step += 1
             step_start["rng"] = None
@@ -704,11 +659,11 @@ def fit(
     t_start = time.perf_counter()
     run_dir = Path(out_dir if out_dir is not None else (config.run.out_dir or run_dir_for(config)))
     saved_rng = rng_state()
-    dist_info = _init_distributed(config.run.device)
+    dist_info = init_processes(config.run.device)
     try:
         with _locked(run_dir, dist_info.main):
             ckpt = _existing_checkpoint(run_dir, resume)
-            with _backend_settings(config.run.deterministic, resolve_device(config.run.device)):
+            with backend_settings(config.run.deterministic, resolve_device(config.run.device)):
                 run = _prepare(config, run_dir, max_steps, ckpt, dist_info)
                 return _fit(run, callbacks, t_start)
     finally:
@@ -757,9 +712,16 @@ def _fit(run: _Run, callbacks: Sequence, t_start: float) -> TrainResult:
     run.model.eval()
     run.head.eval()
     return TrainResult(
-        model=run.model, head=run.head, config=run.cfg, run_dir=run.run_dir, checkpoint=saved if run.main else None,
-        step=run.step, total_steps=run.total_steps, history=log.history, seconds=seconds,
-    )  # fmt: skip
+        model=run.model,
+        head=run.head,
+        config=run.cfg,
+        run_dir=run.run_dir,
+        checkpoint=saved if run.main else None,
+        step=run.step,
+        total_steps=run.total_steps,
+        history=log.history,
+        seconds=seconds,
+    )
 
 
 def load_or_train(

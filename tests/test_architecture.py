@@ -1,4 +1,5 @@
-"""The house rules of ``docs/ARCHITECTURE.md``, checked on the source: sizes, import directions, the CLI's place.
+"""The house rules of ``docs/ARCHITECTURE.md``, checked on the source: sizes, import directions, the
+CLI's place.
 
 Imports inside functions count: a lazy import is still a dependency.
 """
@@ -22,6 +23,7 @@ LAYERS = {
     "ecl.data": 1,
     "ecl.models": 2,
     "ecl.optim": 1,
+    "ecl.runtime": 1,
     "ecl.checkpoint": 3,
     "ecl.activations": 3,
     "ecl.evaluate": 4,
@@ -40,8 +42,16 @@ LAYERS = {
     "ecl.__main__": 10,
 }
 #: Modules that load or measure trained models and must never pull in the training loop.
-NEVER_TRAIN = ("ecl.checkpoint", "ecl.evaluate", "ecl.metrics", "ecl.activations", "ecl.attribution",
-               "ecl.studies", "ecl.viz", "ecl.results")  # fmt: skip
+NEVER_TRAIN = (
+    "ecl.checkpoint",
+    "ecl.evaluate",
+    "ecl.metrics",
+    "ecl.activations",
+    "ecl.attribution",
+    "ecl.studies",
+    "ecl.viz",
+    "ecl.results",
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -113,9 +123,17 @@ def test_measuring_and_drawing_never_import_the_training_loop(name):
 
 
 def test_argparse_lives_only_in_the_command_line_module():
-    users = [n for n, p in _modules().items() if "argparse" in {
-        a.name for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Import) for a in node.names
-    }]  # fmt: skip
+    users = [
+        n
+        for n, p in _modules().items()
+        if "argparse"
+        in {
+            a.name
+            for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, ast.Import)
+            for a in node.names
+        }
+    ]
     assert users == ["ecl.cli"]
     assert all(
         "SystemExit" not in p.read_text()

@@ -35,7 +35,8 @@ def _notebook(cells: list[tuple[str, str, list[str]]]) -> nbformat.NotebookNode:
 SMOKE = [
     (
         "markdown",
-        "# Smoke chapter\n\nAn equation: $$\\mathcal{L} = \\mathcal{L}_{id} + \\lambda \\mathcal{L}_{match}$$",
+        "# Smoke chapter\n\n"
+        "An equation: $$\\mathcal{L} = \\mathcal{L}_{id} + \\lambda \\mathcal{L}_{match}$$",
         [],
     ),
     ("code", 'profile = "full"', ["parameters"]),

@@ -1,4 +1,5 @@
-"""Run folders survive crashes: a kill mid-write, damaged files, two processes, and a clean process afterwards.
+"""Run folders survive crashes: a kill mid-write, damaged files, two processes, and a clean process
+afterwards.
 
 Every run is the tiny one of ``test_train`` (``test_resnet`` at 32 x 32), trained in a child process where
 the test needs to kill or race it.
@@ -32,9 +33,13 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def _child(script: str, repo_root: Path, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -195,8 +200,12 @@ def test_lock_is_released_and_one_process_cannot_take_it_twice(tmp_path):
 
 def test_fit_restores_every_process_wide_setting(tmp_path):
     cudnn = torch.backends.cudnn
-    before = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic,
-              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))  # fmt: skip
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
     torch.manual_seed(1234)
     expected = torch.rand(3)
     torch.manual_seed(1234)
@@ -204,8 +213,12 @@ def test_fit_restores_every_process_wide_setting(tmp_path):
         tiny_config("optim.max_steps=2", "run.deterministic=true", "model.dropout=0.2"),
         out_dir=tmp_path / "r",
     )
-    after = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic,
-             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))  # fmt: skip
+    after = (
+        torch.are_deterministic_algorithms_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
     assert after == before
     # The global RNG continues where it was: the cells after a training run do not depend on it.
     assert torch.equal(torch.rand(3), expected)

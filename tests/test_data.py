@@ -36,7 +36,8 @@ def medium() -> FaceParts:
 
 
 def _value_at(maps: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """maps (N, S, S), points (N, 2) pixel (x, y) -> (value at the pixel holding each point, point inside image)."""
+    """maps (N, S, S), points (N, 2) pixel (x, y) -> (value at the pixel holding each point, point
+    inside image)."""
     n, size = maps.shape[0], maps.shape[-1]
     x, y = np.floor(points[:, 0]).astype(int), np.floor(points[:, 1]).astype(int)
     inside = (x >= 0) & (x < size) & (y >= 0) & (y < size)

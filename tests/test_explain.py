@@ -449,9 +449,14 @@ def test_explainability_report_on_jittered_images():
     if not hasattr(data, "jittered"):
         pytest.skip("ecl.data.jittered is not available yet")
     report = explainability_report(
-        BlobDetector(), SquareFaces(16), batch_size=8, tracking_images=4, max_images=12, progress=False,
+        BlobDetector(),
+        SquareFaces(16),
+        batch_size=8,
+        tracking_images=4,
+        max_images=12,
+        progress=False,
         per_channel=True,
-    )  # fmt: skip
+    )
     assert set(report) == {"original", "jittered"}
     assert report["jittered"]["num_images"] == 12
     # The jittered copy really moved the faces: the position detector's distances to them changed.

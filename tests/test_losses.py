@@ -23,7 +23,8 @@ from ecl.losses import (
 
 
 def naive_ecloss(activations: torch.Tensor, beta: float = 4.0, eps: float = 1e-6) -> torch.Tensor:
-    """METHOD section 4 written as a loop over maps and cells (the reference the vectorised loss must equal)."""
+    """METHOD section 4 written as a loop over maps and cells (the reference the vectorised loss must
+    equal)."""
     batch, channels, height, width = activations.shape
     n = max(height, width)
     terms = []

@@ -273,7 +273,7 @@ def test_edited_checkpoint_config_is_detected(uninterrupted, tmp_path):
 
 
 def test_amp_choice_by_device():
-    from ecl.train import resolve_amp
+    from ecl.runtime import resolve_amp
 
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) == (None, False)

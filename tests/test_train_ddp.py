@@ -3,10 +3,10 @@
 Each process sees its half of every global batch, and BatchNorm normalises per process, so the exact
 single-process equivalent of 2 processes x (batch B / 2) is one process with batch B and
 ``optim.accum_steps=2`` (two micro-batches of B / 2 whose gradients are averaged). The two can
-differ only by the order of floating-point sums (the all-reduce, and convolutions run with one thread per process
-instead of two): the logged losses agree to about 1e-6 relative and the weights to about 1e-5 after
-four SGD steps, hence the tolerances below instead of exact equality. (One process with one batch of B differs more:
-its BatchNorm statistics come from all B images.)
+differ only by the order of floating-point sums (the all-reduce, and convolutions run with one thread
+per process instead of two): the logged losses agree to about 1e-6 relative and the weights to about
+1e-5 after four SGD steps, hence the tolerances below instead of exact equality. (One process with
+one batch of B differs more: its BatchNorm statistics come from all B images.)
 """
 
 from __future__ import annotations

@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     images = root / "images"
     count = sum(1 for _ in images.glob("*.jpg")) if images.is_dir() else 0
     print(f"{count} images in {images}" + ("" if count else " - extract img_celeba.7z there (see --help)"))
-    if not (annot / "list_landmarks_celeba.txt").is_file() and not (annot / "landmarks68_dlib_DERIVED.tsv").is_file():
+    if (
+        not (annot / "list_landmarks_celeba.txt").is_file()
+        and not (annot / "landmarks68_dlib_DERIVED.tsv").is_file()
+    ):
         print("no landmark file: CelebA crops need list_landmarks_celeba.txt (or a 68-point TSV)")
         ok = False
     return 0 if ok and count else 1

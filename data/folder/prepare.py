@@ -1,4 +1,4 @@
-"""Check (or unpack) an identity-folder dataset: ``ROOT/<identity>/*.jpg|png|pgm`` (CASIA-WebFace, VGGFace2...).
+"""Check (or unpack) an identity-folder dataset, ``ROOT/<identity>/*.jpg|png|pgm`` (CASIA-WebFace ...).
 
     python data/folder/prepare.py --root ~/data/casia [--archive casia.zip] [--url URL --sha256 HEX]
 

@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for f in found:
         ds, pairs = load_bin(f)
-        print(f"{f.name}: {len(pairs)} pairs ({int(pairs.is_same.sum())} same), {len(ds)} images, sha256 {sha256sum(f)}")
+        print(
+            f"{f.name}: {len(pairs)} pairs ({int(pairs.is_same.sum())} same), {len(ds)} images, "
+            f"sha256 {sha256sum(f)}"
+        )
     return 0
 
 

@@ -22,28 +22,47 @@ from ecl.data.download import download, extract  # noqa: E402
 # sklearn/datasets/_lfw.py; of the others: computed from the verbatim copies at the commits named.
 _SITE = "https://raw.githubusercontent.com/umass-vis-lfw/umass-vis-lfw.github.io/2a620cd8cceb10430f8c7012fe9fa5f0837759e9"
 FILES: dict[str, tuple[str, str | None, str]] = {
-    "lfw.tgz": ("https://ndownloader.figshare.com/files/5976018",
-                "055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0", "downloads/lfw.tgz"),
-    "pairs.txt": ("https://ndownloader.figshare.com/files/5976006",
-                  "ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592", "annotations/pairs.txt"),
-    "pairsDevTrain.txt": ("https://ndownloader.figshare.com/files/5976012",
-                          "1d454dada7dfeca0e7eab6f65dc4e97a6312d44cf142207be28d688be92aabfa",
-                          "annotations/pairsDevTrain.txt"),
-    "pairsDevTest.txt": ("https://ndownloader.figshare.com/files/5976009",
-                         "7cb06600ea8b2814ac26e946201cdb304296262aad67d046a16a7ec85d0ff87c",
-                         "annotations/pairsDevTest.txt"),
-    "people.txt": (f"{_SITE}/people.txt", "bc8fa2b7f25c895cf7efb6de4f4fc27ca8b8d1cfa63350ad8b96eae2b198d365",
-                   "annotations/people.txt"),
-    "peopleDevTrain.txt": (f"{_SITE}/peopleDevTrain.txt",
-                           "2e58df13ba4cc143189336e001cc2c195f1dfa5b29a6475c02857be353c2a2fa",
-                           "annotations/peopleDevTrain.txt"),
-    "peopleDevTest.txt": (f"{_SITE}/peopleDevTest.txt",
-                          "c3ed1f90499473401542101a56c14c1d82396bb8218c67a356d7460601047555",
-                          "annotations/peopleDevTest.txt"),
-    "lfw_landmark.txt": ("https://raw.githubusercontent.com/clcarwin/sphereface_pytorch/"
-                         "e2f11f0b0f394cf75b9f65ce8d353e4390b0948c/data/lfw_landmark.txt",
-                         "e517ec9b03232baaf10c7d5f82f0df6f500bb6cca1ead1126642cd42ff3ad039",
-                         "annotations/lfw_landmark_5pt_250px.txt"),
+    "lfw.tgz": (
+        "https://ndownloader.figshare.com/files/5976018",
+        "055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0",
+        "downloads/lfw.tgz",
+    ),
+    "pairs.txt": (
+        "https://ndownloader.figshare.com/files/5976006",
+        "ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592",
+        "annotations/pairs.txt",
+    ),
+    "pairsDevTrain.txt": (
+        "https://ndownloader.figshare.com/files/5976012",
+        "1d454dada7dfeca0e7eab6f65dc4e97a6312d44cf142207be28d688be92aabfa",
+        "annotations/pairsDevTrain.txt",
+    ),
+    "pairsDevTest.txt": (
+        "https://ndownloader.figshare.com/files/5976009",
+        "7cb06600ea8b2814ac26e946201cdb304296262aad67d046a16a7ec85d0ff87c",
+        "annotations/pairsDevTest.txt",
+    ),
+    "people.txt": (
+        f"{_SITE}/people.txt",
+        "bc8fa2b7f25c895cf7efb6de4f4fc27ca8b8d1cfa63350ad8b96eae2b198d365",
+        "annotations/people.txt",
+    ),
+    "peopleDevTrain.txt": (
+        f"{_SITE}/peopleDevTrain.txt",
+        "2e58df13ba4cc143189336e001cc2c195f1dfa5b29a6475c02857be353c2a2fa",
+        "annotations/peopleDevTrain.txt",
+    ),
+    "peopleDevTest.txt": (
+        f"{_SITE}/peopleDevTest.txt",
+        "c3ed1f90499473401542101a56c14c1d82396bb8218c67a356d7460601047555",
+        "annotations/peopleDevTest.txt",
+    ),
+    "lfw_landmark.txt": (
+        "https://raw.githubusercontent.com/clcarwin/sphereface_pytorch/"
+        "e2f11f0b0f394cf75b9f65ce8d353e4390b0948c/data/lfw_landmark.txt",
+        "e517ec9b03232baaf10c7d5f82f0df6f500bb6cca1ead1126642cd42ff3ad039",
+        "annotations/lfw_landmark_5pt_250px.txt",
+    ),
 }
 
 
@@ -62,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_archive:
         archive.unlink(missing_ok=True)
     count = sum(1 for _ in (root / "lfw").glob("*/*.jpg"))
-    print(f"LFW ready at {root}: {count} images. Use ecl.data.LFW({str(root)!r}) or "
-          f"ecl.data.lfw_pairs({str(root)!r}, view='test').")
+    print(
+        f"LFW ready at {root}: {count} images. Use ecl.data.LFW({str(root)!r}) or "
+        f"ecl.data.lfw_pairs({str(root)!r}, view='test')."
+    )
     return 0
 
 

@@ -159,6 +159,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
 
 def copy_tree(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Copy a local dataset folder (e.g. an existing download) to ``dest`` (used by prepare scripts' --from)."""
+    """Copy a local dataset folder (e.g. an existing download) to ``dest`` (used by prepare scripts'
+    --from)."""
     shutil.copytree(src, dest, dirs_exist_ok=True)
     return Path(dest)

@@ -160,14 +160,16 @@ class FaceParts(Dataset):
         return np.random.default_rng(ss)
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-        """Render item ``index``: (image uint8 (S, S, 3), label map uint8 (S, S), landmarks (5, 2), occluded)."""
+        """Render item ``index``: (image uint8 (S, S, 3), label map uint8 (S, S), landmarks (5, 2),
+        occluded)."""
         ident, img = divmod(int(index), self.images_per_identity)
         return self._renderer.render(self.identities[ident], self._image_rng(ident, img))
 
     def render_chimera(
         self, identity_a: int, identity_b: int, part: str, image_index: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-        """Identity ``identity_a`` wearing part ``part`` ("eyes", "brows", "nose", "mouth", "hair") of ``identity_b``.
+        """Identity ``identity_a`` wearing part ``part`` ("eyes", "brows", "nose", "mouth", "hair") of
+        ``identity_b``.
 
         The image's nuisances (pose, light, background...) are those of ``identity_a``'s image
         ``image_index``, so ``render(a, image_index)`` and the chimera differ only in that part
@@ -243,6 +245,7 @@ class FaceParts(Dataset):
     def __repr__(self) -> str:
         return (
             f"FaceParts(split={self.split!r}, num_identities={self.num_identities}, "
-            f"images_per_identity={self.images_per_identity}, image_size={self.image_size}, seed={self.seed}, "
+            f"images_per_identity={self.images_per_identity}, image_size={self.image_size}, "
+            f"seed={self.seed}, "
             f"difficulty={self.config.difficulty})"
         )

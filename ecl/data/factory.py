@@ -30,14 +30,16 @@ def _need_root(name: str, root: Any) -> None:
             name if name in ("lfw", "celeba", "orl") else "insightface_bins" if name == "bin" else "folder"
         )
         raise ValueError(
-            f"dataset {name!r} needs root=<folder>; get it with python data/{prepare}/prepare.py --root <folder>"
+            f"dataset {name!r} needs root=<folder>; "
+            f"get it with python data/{prepare}/prepare.py --root <folder>"
         )
 
 
 def _folder(
     root: Any, split: str, image_size: int, test_fraction: float = 0.2, **kw: Any
 ) -> ImageFolderFaces:
-    """Identity folders, with an identity-disjoint split: first (1 - test_fraction) of the sorted identities train."""
+    """Identity folders, with an identity-disjoint split: first (1 - test_fraction) of the sorted
+    identities train."""
     prepare = kw.pop("prepare", "folder")
     full = ImageFolderFaces(
         root,

@@ -79,7 +79,8 @@ class _LFWLayout:
 
 
 def read_lfw_people(path: str | os.PathLike) -> list[tuple[str, int]]:
-    """Parse ``people.txt`` / ``peopleDev*.txt``: (name, number of images) in file order (count lines skipped)."""
+    """Parse ``people.txt`` / ``peopleDev*.txt``: (name, number of images) in file order (count lines
+    skipped)."""
     out = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:

@@ -233,7 +233,8 @@ class FaceImages(Dataset):
         return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decode, crop and resize image ``index``: (uint8 (S, S, 3), landmarks float32 (K, 2) in output pixels)."""
+        """Decode, crop and resize image ``index``: (uint8 (S, S, 3), landmarks float32 (K, 2) in output
+        pixels)."""
         S = self.image_size
         path = self.paths[index]
         try:
@@ -290,7 +291,8 @@ def select_landmarks(
     five: dict[str, np.ndarray] | None,
     sixty_eight: dict[str, tuple[np.ndarray, np.ndarray] | None] | None,
 ) -> np.ndarray:
-    """Stack landmarks for ``keys`` (relative paths) from a 5-point and/or 68-point table (NaN where missing)."""
+    """Stack landmarks for ``keys`` (relative paths) from a 5-point and/or 68-point table (NaN where
+    missing)."""
     k = 68 if landmarks == "68pt" else 5
     out = np.full((len(keys), k, 2), np.nan, np.float32)
     if landmarks == "none":

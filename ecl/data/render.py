@@ -210,7 +210,8 @@ def _xy(x: Any, y: Any) -> np.ndarray:
 
 
 def _blur(arr: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable 3-tap Gaussian-like blur, repeated for larger sigma (a 3-tap [w, 1-2w, w] pass has variance 2w)."""
+    """Separable 3-tap Gaussian-like blur, repeated for larger sigma (a 3-tap [w, 1-2w, w] pass has
+    variance 2w)."""
     passes = int(np.ceil(sigma**2 / 0.6)) if sigma > 0.15 else 0
     if passes == 0:
         return arr
@@ -677,7 +678,8 @@ class FaceRenderer:
         return to_px
 
     def _photometric(self, arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Blur, an illumination gradient, sensor noise and JPEG on a float32 (S, S, 3) image; returns uint8."""
+        """Blur, an illumination gradient, sensor noise and JPEG on a float32 (S, S, 3) image; returns
+        uint8."""
         n, S = self.nuisance, self.cfg.image_size
         if rng.random() < 0.5:
             arr = _blur(arr, _u(rng, 0.0, 0.9 * n))
@@ -731,7 +733,8 @@ class FaceRenderer:
         landmarks: np.ndarray,
         col: Any,
     ) -> None:
-        """A random object over a face part (a hand, a cup, a scarf...); it removes that part from the masks."""
+        """A random object over a face part (a hand, a cup, a scarf...); it removes that part from the
+        masks."""
         # targets: each eye, nose, mouth, chin, forehead and either cheek (hands, cups, hair, scarves...)
         le, re_, nose, lm_, rm_ = landmarks
         mouth, eye_mid = (lm_ + rm_) / 2, (le + re_) / 2

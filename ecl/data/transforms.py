@@ -1,4 +1,5 @@
-"""The evaluation jitter: a seeded random translation (and optional scale) of image, landmarks and masks together.
+"""The evaluation jitter: a seeded random translation (and optional scale) of image, landmarks and
+masks together.
 
 Why: real evaluation faces are roughly centred, so a channel that always fires at the same image cell
 (a position detector) looks like a part detector there (METHOD section 6). Every dataset therefore has

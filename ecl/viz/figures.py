@@ -1,4 +1,5 @@
-"""Figures of the method and its results: templates, faces with their parts, training curves, metric bars, ROC."""
+"""Figures of the method and its results: templates, faces with their parts, training curves, metric
+bars, ROC."""
 
 from __future__ import annotations
 

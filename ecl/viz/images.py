@@ -106,7 +106,8 @@ def heatmap_overlay(
 
 
 def to_png(array: np.ndarray, scale: int = 1) -> bytes:
-    """Encode an ``(H, W, 3)`` uint8 (or ``(H, W)``) array as PNG bytes, enlarged ``scale`` times (nearest)."""
+    """Encode an ``(H, W, 3)`` uint8 (or ``(H, W)``) array as PNG bytes, enlarged ``scale`` times
+    (nearest)."""
     from PIL import Image
 
     image = Image.fromarray(np.asarray(array))

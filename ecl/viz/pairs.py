@@ -48,12 +48,22 @@ def pair_breakdown_figure(breakdown: Any, title: str | None = None, scale: str =
     else:
         values = [max(1.0 - v, 1e-7) if v is not None else None for v in raw]
         axis = dict(title="1 - cosine similarity (log)", type="log")
-    fig = go.Figure(go.Bar(x=names, y=values, marker_color=colours, text=text, textposition="outside",
-                           hovertemplate="%{x}: %{text}<extra></extra>"))  # fmt: skip
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=values,
+            marker_color=colours,
+            text=text,
+            textposition="outside",
+            hovertemplate="%{x}: %{text}<extra></extra>",
+        )
+    )
     fig.update_layout(
-        title=title or f"Part similarities (least similar: {least})", yaxis=axis, height=330,
+        title=title or f"Part similarities (least similar: {least})",
+        yaxis=axis,
+        height=330,
         margin=dict(l=50, r=20, t=50, b=40),
-    )  # fmt: skip
+    )
     return fig
 
 
@@ -94,8 +104,9 @@ def pair_maps_figure(image_a: Any, image_b: Any, explanation: Any, parts: Sequen
     from plotly.subplots import make_subplots
 
     titles, rows = _pair_pictures(image_a, image_b, explanation, parts)
-    fig = make_subplots(rows=2, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.01,
-                        vertical_spacing=0.04)  # fmt: skip
+    fig = make_subplots(
+        rows=2, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.04
+    )
     for r, row in enumerate(rows):
         for c, picture in enumerate(row):
             fig.add_trace(go.Image(z=picture, hoverinfo="skip"), row=r + 1, col=c + 1)
@@ -187,7 +198,8 @@ def pair_explorer(
         bars.value = _bars_html(explanation)
         caption.value = (
             f"<small>A: identity {identity_a.value}, image {image_a.value}; B: {what}. Columns: image, "
-            f"similarity saliency, then the channels of {', '.join(p for p in (parts or []) if p in explanation.parts)}."
+            "similarity saliency, then the channels of "
+            f"{', '.join(p for p in (parts or []) if p in explanation.parts)}."
             "</small>"
         )
 
