@@ -241,7 +241,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- reproduce
 def _add_reproduce(subparsers) -> None:
-    from ecl.experiments import ABLATIONS, METHODS, PROFILES
+    from ecl.experiments import ABLATIONS, METHODS, PROFILES, SEARCH_POINTS
 
     parser = subparsers.add_parser(
         "reproduce",
@@ -264,9 +264,10 @@ def _add_reproduce(subparsers) -> None:
         "--studies",
         nargs="+",
         default=None,
-        help="subset of: faceparts lfw ablations game (default: faceparts lfw; "
-        "ablations: one seed of ECLoss per documented choice; "
-        "game: the part-swap game and occlusion study on the faceparts models)",
+        help="subset of: faceparts faceparts-val lfw search ablations game (default: faceparts lfw, the "
+        "confirmation; faceparts-val: the methods on the validation split; search: one seed per point of "
+        "the validation search; ablations: the earlier test-split screening; game: the part-swap game and "
+        "occlusion study on the faceparts models)",
     )
     add("--methods", nargs="+", default=None, choices=list(METHODS), help="default: all of them")
     add(
@@ -291,6 +292,13 @@ def _add_reproduce(subparsers) -> None:
         default=None,
         metavar="NAME",
         help=f"with --studies ablations: only these (of: {', '.join(repr(n) for n in ABLATIONS)})",
+    )
+    add(
+        "--points",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"with --studies search: only these (of: {', '.join(repr(n) for n in SEARCH_POINTS)})",
     )
     add("--redo", action="store_true", help="recompute result files that exist")
     add(
@@ -335,6 +343,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
             device=args.device,
             skip_existing=not args.redo,
             ablations=args.ablations,
+            points=args.points,
         )
     except (FileNotFoundError, ValueError) as err:
         return _error(err, 1)

@@ -143,7 +143,7 @@ class LossConfig:
         lambda_: weight of the regulariser (YAML key ``lambda``).
         gamma: weight of the diversity term ``L_div``.
         beta: template slope (4 in ICNN).
-        peak: peak selection, ``argmax`` or ``centroid``.
+        peak: peak selection, ``argmax``, ``centroid`` or ``subcell`` (see ``ecl.losses.find_peaks``).
         tau: ICNN negative-template value, ``null`` for ``0.5 / n^2``.
         alpha: ICNN positive-template prior, ``null`` for ``n^2 / (1 + n^2)``.
     """
@@ -263,7 +263,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("faceparts", "lfw", "celeba", "folder", "orl", "casia", "vggface2", "bin"),
     "loss.identity": ("arcface", "cosface", "softmax"),
     "loss.method": ("none", "ecloss", "icnn", "sad"),
-    "loss.peak": ("argmax", "centroid"),
+    "loss.peak": ("argmax", "centroid", "subcell"),
     "optim.optimizer": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant"),
     "run.amp": ("auto", "bf16", "fp16", "off"),

@@ -317,7 +317,25 @@ def evaluate_pairs(
 # --------------------------------------------------------------------------- a model on named data
 
 
-DATA_SPECS = "faceparts | lfw:ROOT | lfw-view2:ROOT | celeba:ROOT | bin:FILE"
+DATA_SPECS = "faceparts | faceparts-val | lfw:ROOT | lfw-view2:ROOT | celeba:ROOT | bin:FILE"
+
+#: The split each kind of ``--data`` spec measures on; every result records it.
+SPLITS = {
+    "faceparts": "FaceParts test",
+    "faceparts-val": "FaceParts validation",
+    "lfw": "LFW View-1 test",
+    "lfw-view2": "LFW View-2",
+    "celeba": "CelebA test identities",
+    "bin": "verification pack",
+}
+
+
+def evaluation_split(spec: str) -> str:
+    """The split a ``--data`` spec measures on, e.g. ``"FaceParts validation"`` for ``faceparts-val``."""
+    kind = spec.partition(":")[0]
+    if kind not in SPLITS:
+        raise ValueError(f"unknown data spec {spec!r}: use {DATA_SPECS}")
+    return SPLITS[kind]
 
 
 def load_evaluation_data(
@@ -327,7 +345,8 @@ def load_evaluation_data(
 
     - ``faceparts``: the built-in FaceParts test split (100 identities x 10 images, 1,000 pairs in
       10 folds); explainability on the same images (5 landmarks and part masks). ``max_images``
-      renders a smaller split instead (10 images per identity).
+      renders a smaller split instead (10 images per identity). ``faceparts-val``: the same on the
+      validation split (other identities), where settings are chosen.
     - ``lfw:ROOT``: LFW View-1 test pairs (``pairsDevTest.txt``); ``lfw-view2:ROOT``: View-2
       ``pairs.txt``. Explainability on the View-1 test people with 68 landmarks (part masks drawn
       from them, instability on the 5 points derived from them).
@@ -342,14 +361,14 @@ def load_evaluation_data(
     kind, _, root = spec.partition(":")
     if kind in ("lfw", "lfw-view2", "celeba", "bin") and not root:
         raise ValueError(f"the data spec {kind}:PATH needs a path, e.g. {kind}:../shared/data/{kind}")
-    if kind == "faceparts":
+    if kind in ("faceparts", "faceparts-val"):
         per = 10
         identities = 100 if max_images is None else max(2, max_images // per)
         num_pairs = min(1000, max(20, identities * per // 40 * 20))
         dataset, pairs = ecl_data.build_pairs(
             "faceparts",
             None,
-            split="test",
+            split="val" if kind == "faceparts-val" else "test",
             image_size=image_size,
             num_pairs=num_pairs,
             num_identities=identities,
@@ -407,6 +426,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
     progress: bool = False,
     curves: bool = False,
+    target_layer: str | None = None,
 ) -> dict[str, Any]:
     """Verification and explainability numbers of a model on the data a spec names (what the CLI prints).
 
@@ -421,10 +441,13 @@ def evaluate_model(
         device: default CUDA, then MPS, when available, else CPU.
         progress: show progress bars.
         curves: include the ROC curve (``fpr``, ``tpr``) in the verification numbers.
+        target_layer: measure the explainability numbers at this layer instead of the one the model
+            was trained with (``FaceModel.retarget``; the embeddings, and so verification, do not
+            change). The model is given back its own layer afterwards.
 
     Returns:
-        ``{"data", "verification": {...}, "explainability": {"original": ..., "jittered": ...}}`` in
-        plain JSON types.
+        ``{"data", "split", "target_layer", "verification": {...}, "explainability": {"original": ...,
+        "jittered": ...}}`` in plain JSON types.
     """
     from ecl.metrics import explainability_report
 
@@ -435,27 +458,41 @@ def evaluate_model(
     result = evaluate_pairs(
         model, dataset, pairs, flip=flip, batch_size=batch_size, device=device, progress=progress
     )
-    output: dict[str, Any] = {"data": data, "verification": result.to_dict(curves=curves)}
+    trained_layer = getattr(model, "target_layer", None)
+    output: dict[str, Any] = {
+        "data": data,
+        "split": evaluation_split(data),
+        "target_layer": target_layer or trained_layer,
+        "verification": result.to_dict(curves=curves),
+    }
     if explain_dataset is not None and explain:
-        output["explainability"] = explainability_report(
-            model,
-            explain_dataset,
-            batch_size=batch_size,
-            max_images=max_images,
-            device=device,
-            progress=progress,
-        )
+        if target_layer is not None and target_layer != trained_layer:
+            model.retarget(target_layer)
+        try:
+            output["explainability"] = explainability_report(
+                model,
+                explain_dataset,
+                batch_size=batch_size,
+                max_images=max_images,
+                device=device,
+                progress=progress,
+            )
+        finally:
+            if trained_layer is not None and getattr(model, "target_layer", None) != trained_layer:
+                model.retarget(trained_layer)
     return json.loads(json.dumps(output, default=json_default))
 
 
 __all__ = [
     "DATA_SPECS",
+    "SPLITS",
     "FARS",
     "THRESHOLDS",
     "VerificationResult",
     "equal_error_rate",
     "evaluate_model",
     "evaluate_pairs",
+    "evaluation_split",
     "extract_embeddings",
     "load_evaluation_data",
     "pair_distances",

@@ -36,7 +36,7 @@ __all__ = [
     "sad_loss",
 ]
 
-PEAK_MODES = ("argmax", "centroid")
+PEAK_MODES = ("argmax", "centroid", "subcell")
 HEAD_KINDS = ("arcface", "cosface", "softmax")
 
 
@@ -119,16 +119,22 @@ def positive_template(
 
 @torch.no_grad()
 def find_peaks(activations: Tensor, mode: str = "argmax") -> Tensor:
-    """The peak cell of every map; no gradient flows through it (METHOD section 3).
+    """The peak of every map; no gradient flows through it (METHOD section 3).
 
     Args:
         activations: Target-layer maps (non-negative, i.e. after ReLU).
         mode: ``"argmax"``: the cell of the largest activation, the first one (row-major) on ties.
             ``"centroid"``: the activation-weighted mean position, rounded to the nearest cell
-            (ICNN's released code); a map with no positive mass falls back to the argmax.
+            (ICNN's released code); a map with no positive mass falls back to the argmax. Rounding a
+            border-clipped blob's centroid moves it inward, so blobs drift towards the map's centre.
+            ``"subcell"``: the argmax refined to a fractional position, along each axis the apex of the
+            L1 cone through the argmax and its two neighbours (exact for the template's own shape, of
+            any slope); a neighbour outside the map mirrors the other one. A template at any cell, the
+            border included, is its own peak: the rule has no pull in any direction.
 
     Returns:
-        ``LongTensor`` of ``(row, column)`` per map.
+        ``(row, column)`` per map: ``LongTensor`` for ``argmax`` and ``centroid``, floating point for
+        ``subcell``.
 
     Shape:
         activations ``(B, C, H, W)`` -> ``(B, C, 2)``.
@@ -141,18 +147,46 @@ def find_peaks(activations: Tensor, mode: str = "argmax") -> Tensor:
     index = flat.argmax(dim=-1)  # first maximal value on ties (documented by torch.argmax)
     peaks = torch.stack((index // width, index % width), dim=-1)
     if mode == "centroid":
-        weights = flat.to(_compute_dtype(flat)).clamp_min(0).view(activations.shape)
-        mass = weights.sum(dim=(-2, -1))
-        rows = torch.arange(height, device=flat.device, dtype=weights.dtype)
-        cols = torch.arange(width, device=flat.device, dtype=weights.dtype)
-        safe = mass.clamp_min(torch.finfo(weights.dtype).tiny)
-        mean_i = (weights.sum(dim=-1) * rows).sum(dim=-1) / safe
-        mean_j = (weights.sum(dim=-2) * cols).sum(dim=-1) / safe
-        centroid = torch.stack((mean_i, mean_j), dim=-1).round().long()
-        centroid[..., 0].clamp_(0, height - 1)
-        centroid[..., 1].clamp_(0, width - 1)
-        peaks = torch.where((mass > 0).unsqueeze(-1), centroid, peaks)
+        return _centroid_peaks(flat.to(_compute_dtype(flat)).clamp_min(0).view(activations.shape), peaks)
+    if mode == "subcell":
+        return _subcell_peaks(flat.to(_compute_dtype(flat)).clamp_min(0), peaks, height, width)
     return peaks
+
+
+def _centroid_peaks(weights: Tensor, argmax: Tensor) -> Tensor:
+    height, width = weights.shape[-2:]
+    mass = weights.sum(dim=(-2, -1))
+    rows = torch.arange(height, device=weights.device, dtype=weights.dtype)
+    cols = torch.arange(width, device=weights.device, dtype=weights.dtype)
+    safe = mass.clamp_min(torch.finfo(weights.dtype).tiny)
+    mean_i = (weights.sum(dim=-1) * rows).sum(dim=-1) / safe
+    mean_j = (weights.sum(dim=-2) * cols).sum(dim=-1) / safe
+    centroid = torch.stack((mean_i, mean_j), dim=-1).round().long()
+    centroid[..., 0].clamp_(0, height - 1)
+    centroid[..., 1].clamp_(0, width - 1)
+    return torch.where((mass > 0).unsqueeze(-1), centroid, argmax)
+
+
+def _subcell_peaks(flat: Tensor, argmax: Tensor, height: int, width: int) -> Tensor:
+    """``argmax`` plus, per axis, the offset in [-0.5, 0.5] of the L1 cone through it and its neighbours."""
+    i, j = argmax[..., 0], argmax[..., 1]
+
+    def value(row: Tensor, col: Tensor) -> Tensor:
+        return flat.gather(-1, (row * width + col).unsqueeze(-1)).squeeze(-1)
+
+    def offset(before: Tensor, centre: Tensor, after: Tensor, has_before: Tensor, has_after: Tensor):
+        before = torch.where(has_before, before, after)
+        after = torch.where(has_after, after, before)
+        rise = centre - torch.minimum(before, after)  # the cone's slope per cell
+        step = 0.5 * (after - before) / rise.clamp_min(torch.finfo(flat.dtype).tiny)
+        return torch.where(rise > 0, step, torch.zeros_like(step)).clamp(-0.5, 0.5)
+
+    centre = value(i, j)
+    up, down = value((i - 1).clamp_min(0), j), value((i + 1).clamp_max(height - 1), j)
+    left, right = value(i, (j - 1).clamp_min(0)), value(i, (j + 1).clamp_max(width - 1))
+    d_i = offset(up, centre, down, i > 0, i < height - 1)
+    d_j = offset(left, centre, right, j > 0, j < width - 1)
+    return torch.stack((i.to(flat.dtype) + d_i, j.to(flat.dtype) + d_j), dim=-1)
 
 
 # --------------------------------------------------------------------------------------- ECLoss
@@ -223,7 +257,7 @@ def ecloss(
         activations: Target-layer maps.
         beta: Template slope (ICNN's 4).
         gamma: Weight of the diversity term; 0 (the default) is the plain matching loss.
-        peak: ``"argmax"`` or ``"centroid"``, see :func:`find_peaks`.
+        peak: ``"argmax"``, ``"centroid"`` or ``"subcell"``, see :func:`find_peaks`.
         eps: Keeps the cosine finite; also makes a scaled template score ``~eps / ||A||^2`` above 0.
         return_parts: Also return a dict of detached 0-dim float tensors: ``"match"`` (``L_match``),
             ``"div"`` (``L_div``) and ``"active"`` (fraction of active maps, to watch for silenced
@@ -268,7 +302,7 @@ class ECLoss(nn.Module):
     Args:
         beta: Template slope.
         gamma: Weight of the diversity term.
-        peak: ``"argmax"`` or ``"centroid"``.
+        peak: ``"argmax"``, ``"centroid"`` or ``"subcell"`` (see :func:`find_peaks`).
         eps: Denominator guard of the cosine.
     """
 
@@ -301,7 +335,7 @@ class TemplateMask(nn.Module):
 
     Args:
         beta: Template slope.
-        peak: ``"argmax"`` or ``"centroid"``.
+        peak: ``"argmax"``, ``"centroid"`` or ``"subcell"`` (see :func:`find_peaks`).
 
     Shape:
         ``(B, C, H, W)`` -> ``(B, C, H, W)``, same dtype.

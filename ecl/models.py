@@ -242,6 +242,29 @@ class FaceModel(nn.Module):
             return self.mask(output)  # changes what flows on; the loss still sees the unmasked map
         return None
 
+    def retarget(self, target_layer: str) -> None:
+        """Tap another layer for the returned activations; the embeddings do not change.
+
+        For measuring a trained model at a layer other than the one it was trained on (for example the
+        baseline at the layer an ECLoss variant moved to). ``config`` follows, so a rebuilt model taps
+        the same layer.
+
+        Raises:
+            ValueError: an unknown layer, or a model with a forward mask (the mask belongs to its layer).
+        """
+        if target_layer not in self._layers:
+            raise ValueError(f"unknown target layer {target_layer!r}; valid names: {', '.join(self._layers)}")
+        if self.mask is not None:
+            raise ValueError(
+                "a model with a forward mask cannot be retargeted: the mask belongs to its layer"
+            )
+        self._hook.remove()
+        self.target_layer = target_layer
+        self.num_channels = int(self._layers[target_layer][1])
+        self.target_size = (int(self._layers[target_layer][2]), int(self._layers[target_layer][3]))
+        self.config["target_layer"] = target_layer
+        self._hook = dict(self.backbone.named_modules())[target_layer].register_forward_hook(self._capture)
+
     def layer_names(self) -> tuple[str, ...]:
         """Valid ``target_layer`` names, in the order their outputs are produced."""
         return tuple(self._layers)

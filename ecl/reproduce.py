@@ -18,11 +18,14 @@ from typing import Any
 
 from ecl.experiments import (
     ABLATIONS,
+    DEFAULT_STUDIES,
+    ECLOSS_ORIGINAL,
     GAME_SIZES,
     METHODS,
     PROFILES,
     REPO,
     SCHEMA,
+    SEARCH_POINTS,
     SEEDS,
     Study,
     ablation_slug,
@@ -70,11 +73,16 @@ def run_one(
     overrides: Sequence[str] = (),
     max_images: int | None = None,
     device: str | None = None,
+    measure_layer: str | None = None,
 ) -> dict[str, Any]:
-    """Train (or load) one method and seed of a study, evaluate it, and return the result record."""
+    """Train (or load) one method and seed of a study, evaluate it, and return the result record.
+
+    The record names the split it was measured on (``split``, e.g. ``"FaceParts validation"``);
+    ``measure_layer`` measures the explainability numbers at another target layer than the trained one.
+    """
     from ecl.checkpoint import read_metrics
     from ecl.config import config_to_dict, load_config
-    from ecl.evaluate import evaluate_model
+    from ecl.evaluate import evaluate_model, evaluation_split
     from ecl.train import load_or_train
 
     root = Path(data_root) if data_root else None
@@ -111,7 +119,10 @@ def run_one(
         },
     }
     spec = study.evaluate.format(root=root)
-    record["evaluation"] = evaluate_model(model, spec, max_images=max_images, device=device, curves=True)
+    record["split"] = evaluation_split(spec)
+    record["evaluation"] = evaluate_model(
+        model, spec, max_images=max_images, device=device, curves=True, target_layer=measure_layer
+    )
     _thin_roc(record["evaluation"]["verification"])
     record["transfer"] = {}
     for transfer in study.transfer:
@@ -148,12 +159,16 @@ def run_grid(
     skip_existing: bool = True,
     echo: Callable[[str], None] = print,
     ablations: Iterable[str] | None = None,
+    points: Iterable[str] | None = None,
 ) -> list[Path]:
     """Train and evaluate every (study, method, seed) of a profile; write one JSON result per run.
 
-    The pseudo-studies ``ablations`` (ECLoss with each of :data:`ABLATIONS`, or those named in
-    ``ablations``, for each seed) and ``game`` (:func:`run_game`) can be named in ``studies``.
-    ``seeds`` defaults to 0, 1 and 2, and to 0 alone for the ablations (one seed per point).
+    ``studies`` defaults to :data:`~ecl.experiments.DEFAULT_STUDIES` (the confirmation: FaceParts test,
+    LFW). Besides the studies of the profile, three pseudo-studies can be named: ``search`` (the points
+    of :data:`~ecl.experiments.SEARCH_POINTS` on the FaceParts validation split, or those named in
+    ``points``), ``ablations`` (the earlier test-split screening of :data:`~ecl.experiments.ABLATIONS`,
+    or those named in ``ablations``) and ``game`` (:func:`run_game`). ``seeds`` defaults to 0, 1 and 2,
+    and to 0 alone for search points and ablations (one seed per point).
 
     Runs are trained through :func:`ecl.train.load_or_train`, so an interrupted grid resumes where it
     stopped; a result file that already exists is kept (``skip_existing``).
@@ -163,102 +178,77 @@ def run_grid(
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {sorted(PROFILES)}")
-    chosen = list(studies) if studies else list(PROFILES[profile])
-    unknown = [s for s in chosen if s not in PROFILES[profile] and s not in ("ablations", "game")]
+    chosen = list(studies) if studies else list(DEFAULT_STUDIES)
+    unknown = [s for s in chosen if s not in PROFILES[profile] and s not in ("search", "ablations", "game")]
     if unknown:
-        raise ValueError(f"unknown studies {unknown}: choose from {sorted(PROFILES[profile])}")
+        raise ValueError(
+            f"unknown studies {unknown}: choose from {sorted(PROFILES[profile])}, search, ablations, game"
+        )
     methods = list(methods) if methods else list(METHODS)
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
+    common = dict(runs_root=runs_root, data_root=data_root, overrides=overrides, max_images=max_images,
+                  device=device, skip_existing=skip_existing, echo=echo)  # fmt: skip
     written = []
     for name in chosen:
         if name == "game":
-            written += run_game(
-                profile,
-                seeds or SEEDS,
-                runs_root=runs_root,
-                results_dir=results_dir,
-                overrides=overrides,
-                device=device,
-                echo=echo,
-            )
-            continue
-        if name == "ablations":
-            written += _run_ablations(
-                profile,
-                results_dir,
-                runs_root,
-                data_root,
-                overrides,
-                max_images,
-                device,
-                skip_existing,
-                echo,
-                seeds=seeds or SEEDS[:1],
-                names=ablations,
-            )
-            continue
-        study = PROFILES[profile][name]
-        for seed in seeds or SEEDS:
-            for method in methods:
-                path = result_path(results_dir, name, method, seed)
-                if skip_existing and path.is_file():
-                    echo(f"   kept  {path}")
-                    written.append(path)
-                    continue
-                start = time.perf_counter()
-                record = run_one(
-                    name, study, method, seed, profile, runs_root, data_root, overrides, max_images, device
-                )
-                _save_result(path, record)
-                written.append(path)
-                echo(f"{time.perf_counter() - start:7.1f} s  {path}")
+            written += run_game(profile, seeds or SEEDS, runs_root=runs_root, results_dir=results_dir,
+                                overrides=overrides, device=device, echo=echo)  # fmt: skip
+        elif name in ("search", "ablations"):
+            written += _run_points(name, profile, results_dir, seeds or SEEDS[:1],
+                                   points if name == "search" else ablations, **common)  # fmt: skip
+        else:
+            for seed in seeds or SEEDS:
+                for method in methods:
+                    path = result_path(results_dir, name, method, seed)
+                    written.append(
+                        _run_and_save(
+                            path, (name, PROFILES[profile][name], method, seed, profile), {}, **common
+                        )
+                    )
     return written
 
 
-def _run_ablations(
-    profile,
-    results_dir,
-    runs_root,
-    data_root,
-    overrides,
-    max_images,
-    device,
-    skip_existing,
-    echo,
-    seeds: Iterable[int] = (0,),
-    names: Iterable[str] | None = None,
+def _run_and_save(
+    path: Path, run: tuple, extra: dict[str, Any], *, skip_existing: bool, echo, **kwargs
+) -> Path:
+    """``run_one(*run, **kwargs)`` written to ``path`` (with ``extra`` keys added), unless it exists."""
+    if skip_existing and path.is_file():
+        echo(f"   kept  {path}")
+        return path
+    start = time.perf_counter()
+    record = run_one(*run, **kwargs)
+    record.update(extra)
+    _save_result(path, record)
+    echo(f"{time.perf_counter() - start:7.1f} s  {path}")
+    return path
+
+
+def _run_points(
+    kind: str, profile: str, results_dir: Path, seeds: Iterable[int], names, **common
 ) -> list[Path]:
-    base = PROFILES[profile]["faceparts"]
-    names = list(names) if names else list(ABLATIONS)
-    unknown = [n for n in names if n not in ABLATIONS]
+    """The search points (validation) or the earlier ablations (test-split screening), one file per seed."""
+    table = SEARCH_POINTS if kind == "search" else ABLATIONS
+    names = list(names) if names else list(table)
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown ablations {unknown}: choose from {list(ABLATIONS)}")
+        raise ValueError(f"unknown {kind} points {unknown}: choose from {list(table)}")
+    study = PROFILES[profile]["faceparts-val" if kind == "search" else "faceparts"]
+    prefix = "search" if kind == "search" else "ablation"
     written = []
     for seed, name in ((seed, name) for seed in seeds for name in names):
-        extra = ABLATIONS[name]
-        path = result_path(results_dir, f"ablation_{ablation_slug(name)}", "ecloss", seed)
-        if skip_existing and path.is_file():
-            echo(f"   kept  {path}")
-            written.append(path)
-            continue
-        start = time.perf_counter()
-        record = run_one(
-            f"ablation: {name}",
-            base,
-            "ecloss",
-            seed,
-            profile,
-            runs_root,
-            data_root,
-            [*overrides, *extra],
-            max_images,
-            device,
-        )
-        record["ablation"] = {"name": name, "overrides": list(extra)}
-        _save_result(path, record)
-        written.append(path)
-        echo(f"{time.perf_counter() - start:7.1f} s  {path}")
+        if kind == "search":
+            point = table[name]
+            method, extra, layer = point.method, point.overrides, point.measure_layer
+            info = {"search": {"name": name, "hypothesis": point.hypothesis, "overrides": list(extra),
+                               "measure_layer": layer}}  # fmt: skip
+        else:
+            method, extra, layer = "ecloss", (*ECLOSS_ORIGINAL, *table[name]), None
+            info = {"ablation": {"name": name, "overrides": list(table[name])}}
+        path = result_path(results_dir, f"{prefix}_{ablation_slug(name)}", method, seed)
+        run = (f"{prefix}: {name}", study, method, seed, profile)
+        kwargs = {**common, "overrides": [*common["overrides"], *extra], "measure_layer": layer}
+        written.append(_run_and_save(path, run, info, **kwargs))
     return written
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ecl.experiments import ABLATIONS, METHODS, REPO, SCHEMA, SEARCH, method_label
+from ecl.experiments import METHODS, REPO, SCHEMA, method_label
 
 #: Top-level keys every result file has, and the type each must have.
 _REQUIRED = {
@@ -29,7 +29,11 @@ _REQUIRED = {
     "train": dict,
     "evaluation": dict,
     "transfer": dict,
+    "split": str,
 }
+
+#: The face parts whose detectors the paper's claim is about (hair and skin are not among them).
+FACE_PARTS = ("left_eye", "right_eye", "left_brow", "right_brow", "nose", "mouth")
 
 
 def validate_result(record: Any) -> list[str]:
@@ -99,7 +103,18 @@ HEADLINE = (
     ("parts covered (jittered)", ("explainability", "jittered", "part_iou", "num_parts_covered"), False),
     ("mean best IoU (jittered)", ("explainability", "jittered", "part_iou", "mean_best_iou"), False),
     ("detector spread (bits)", ("explainability", "jittered", "part_coverage", "entropy_bits"), False),
+    ("face parts covered (jittered)", lambda e: _face_parts(e, "covered"), False),
+    ("eye detectors (jittered)", lambda e: _face_parts(e, "eyes"), False),
 )
+
+
+def _face_parts(evaluation: dict[str, Any], what: str) -> float | None:
+    """How many of :data:`FACE_PARTS` hold a detector (``covered``), or how many eye detectors (``eyes``)."""
+    counts = _dig(evaluation, ("explainability", "jittered", "part_coverage", "channels_per_part"))
+    covered = _dig(evaluation, ("explainability", "jittered", "part_iou", "parts_covered"))
+    if what == "covered":
+        return None if covered is None else float(sum(part in FACE_PARTS for part in covered))
+    return None if counts is None else float(counts.get("left_eye", 0) + counts.get("right_eye", 0))
 
 
 def _dig(obj: Any, path: Sequence[str]) -> Any:
@@ -114,8 +129,9 @@ def results_frame(records: Sequence[dict[str, Any]], source: str = "evaluation")
     """One row per run with the :data:`HEADLINE` numbers (``source``: ``"evaluation"`` or
     ``"transfer.<name>"``).
 
-    The columns are ``study``, ``method`` (strings), ``seed`` (int) and one float column per headline
-    number, typed even when there are no runs, so that filtering and grouping an empty frame works.
+    The columns are ``study``, ``method``, ``split`` (where it was measured), ``map size`` (of the layer
+    measured, e.g. ``"14x14"``), ``seed`` (int) and one float column per headline number, typed even
+    when there are no runs, so that filtering and grouping an empty frame works.
     """
     import pandas as pd
 
@@ -124,15 +140,24 @@ def results_frame(records: Sequence[dict[str, Any]], source: str = "evaluation")
         evaluation = record["evaluation"] if source == "evaluation" else _dig(record, source.split("."))
         if evaluation is None:
             continue
-        row = {"study": record["study"], "method": record["method"], "seed": record["seed"]}
+        map_size = _dig(evaluation, ("explainability", "jittered", "map_size"))
+        row = {
+            "study": record["study"],
+            "method": record["method"],
+            "seed": record["seed"],
+            "split": evaluation.get("split") or record.get("split") or "",
+            "map size": "x".join(str(n) for n in map_size) if map_size else "",
+        }
         for column, path, _ in HEADLINE:
-            value = _dig(evaluation, path)
+            value = path(evaluation) if callable(path) else _dig(evaluation, path)
             row[column] = float(value) + 0.0 if isinstance(value, (int, float)) else float("nan")  # no -0.0
         rows.append(row)
     dtypes = {
         "study": "object",
         "method": "object",
         "seed": "int64",
+        "split": "object",
+        "map size": "object",
         **{c: "float64" for c, _, _ in HEADLINE},
     }
     return pd.DataFrame(rows, columns=list(dtypes)).astype(dtypes)
@@ -352,63 +377,89 @@ def update_readme(
     return new != text
 
 
-def pick_setting(frame, candidates: Sequence[str] = SEARCH, seed: int = 0):
-    """The search's rule, applied to a :func:`results_frame` of committed results.
+#: The selection rule's columns, in the order they rank the points (see :func:`select_setting`).
+RULE_COLUMNS = ("qualifies", "aims met", "face parts covered (jittered)", "detector spread (bits)")
 
-    The candidates' ECLoss runs of one seed on FaceParts qualify when their verification accuracy is at
-    least the grid baseline's mean minus twice its standard deviation over seeds and they keep the
-    grid's target layer (the baseline's numbers are measured there, so a point that moves the layer
-    is not compared like with like: it is reported, not picked). Among the qualified
-    points that meet the instability aim (location instability on jittered images at least 25% below
-    the baseline's mean), the one whose part detectors are spread most evenly over the parts wins
-    (the entropy, in bits, of the detectors' parts on jittered images: 0 when all sit on one part,
-    log2(3) = 1.58 for equal shares of three), ties going to the lower instability; when no point
-    meets the aim, the lowest instability wins. Candidates without a result are left out.
 
-    The rule was revised twice, both times for the collapse the paper's claim rules out: round 1
-    ranked by instability alone and its best point put 188 of 192 channels on the nose; round 2
-    counted the parts covered, and its best point covered two parts with 180 nose channels and 2
-    mouth channels. The spread measures coverage without counting a part that holds two channels.
+def select_setting(
+    frame,
+    points: Sequence[str] | None = None,
+    reference_study: str = "faceparts-val",
+    seeds_to_choose: int = 3,
+):
+    """The validation search's selection rule (METHOD section 9), applied to a :func:`results_frame`.
+
+    Written down before the runs it judges. Every number is measured on the FaceParts *validation*
+    split, on jittered images; a point's numbers are its means over the seeds it has.
+
+    1. The reference is the baseline on the validation split (``reference_study``, three seeds), or,
+       for a point trained or measured otherwise (another target layer, more steps), the baseline
+       trained and measured alike (the point's ``reference``, e.g. ``baseline at layer2``).
+    2. A point *qualifies* when its verification accuracy is at least the reference's mean minus twice
+       its standard deviation over seeds.
+    3. Each of the three aims it meets counts one: location instability at most 0.75 x the
+       reference's; translation tracking above the reference's; detectors on at least three of the
+       face parts (:data:`FACE_PARTS`) including an eye.
+    4. Qualifying points are ranked by the number of aims met, then the number of face parts with a
+       detector, then the spread of the detectors over parts (entropy, bits), then the lower
+       instability.
+    5. The choice is the best-ranked point with at least ``seeds_to_choose`` seeds. Ranked on one seed,
+       the two best points that lack seeds are named to get more (``to_confirm``); the choice is made
+       once they have them. The original setting is a point like the others: if it ranks first, the
+       default does not change.
 
     Returns:
-        ``(name, table)``: the chosen candidate (``None`` if none qualifies) and a DataFrame of every
-        candidate's numbers with the columns ``qualifies``, ``meets aim`` and ``chosen``, in the rule's
-        order (best first).
+        ``(chosen, to_confirm, table)``: the chosen point's name (``None`` until one with enough seeds
+        ranks first), the points that need more seeds, and a DataFrame of every point (best first) with
+        its means, its reference, the aims and the rule's columns.
     """
     import pandas as pd
 
-    if frame.empty or "verification accuracy" not in frame.columns:
-        return None, pd.DataFrame()
-    baseline = frame[(frame["study"] == "faceparts") & (frame["method"] == "baseline")]
-    accuracy = baseline["verification accuracy"]
-    floor = accuracy.mean() - 2 * accuracy.std(ddof=1) if len(accuracy) > 1 else -float("inf")
-    aim = 0.75 * baseline["instability (jittered)"].mean() if len(baseline) else -float("inf")
-    rows = []
-    for name in candidates:
-        run = frame[(frame["study"] == f"ablation: {name}") & (frame["seed"] == seed)]
-        if len(run):
-            rows.append({"search point": name, **run.iloc[0][[c for c, _, _ in HEADLINE]].to_dict()})
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return None, table
-    # A point that moves the target layer is measured on another layer than the baseline: reported,
-    # not picked.
-    same_layer = [
-        not any(o.startswith("model.target_layer") for o in ABLATIONS.get(n, ()))
-        for n in table["search point"]
-    ]
-    table["qualifies"] = (table["verification accuracy"] >= floor) & pd.Series(same_layer, index=table.index)
-    table["meets aim"] = table["qualifies"] & (table["instability (jittered)"] <= aim)
-    coverage = table["detector spread (bits)"].fillna(0).where(table["meets aim"], 0)
-    table = (
-        table.assign(_coverage=coverage)
-        .sort_values(
-            ["qualifies", "meets aim", "_coverage", "instability (jittered)"],
-            ascending=[False, False, False, True],
-        )
-        .drop(columns="_coverage")
-        .reset_index(drop=True)
+    from ecl.experiments import SEARCH_POINTS
+
+    names = (
+        list(points) if points is not None else [n for n, p in SEARCH_POINTS.items() if p.method == "ecloss"]
     )
-    chosen = table.iloc[0]["search point"] if table.iloc[0]["qualifies"] else None
+    reference = frame[(frame["study"] == reference_study) & (frame["method"] == "baseline")]
+    accuracy = reference["verification accuracy"]
+    floor = accuracy.mean() - 2 * accuracy.std(ddof=1) if len(accuracy) > 1 else float("nan")
+    numbers = [c for c, _, _ in HEADLINE]
+    rows = []
+    for name in names:
+        runs = frame[frame["study"] == f"search: {name}"]
+        if runs.empty:
+            continue
+        point = SEARCH_POINTS.get(name)
+        if point is None or point.reference is None:
+            ref = reference
+        else:
+            ref = frame[frame["study"] == f"search: {point.reference}"]
+        size = runs["map size"].iloc[0]
+        row = {"search point": name, "seeds": len(runs), "map size": size, **runs[numbers].mean().to_dict()}
+        # A reference measured on another map than the point's is no reference (a wrong layer).
+        if len(ref) and set(ref["map size"]) == {size}:
+            row["reference instability"] = ref["instability (jittered)"].mean()
+            row["reference tracking"] = ref["tracking (jittered)"].mean()
+        rows.append(row)
+    columns = ["search point", "seeds", "map size", *numbers, "reference instability", "reference tracking"]
+    table = pd.DataFrame(rows, columns=columns)
+    if table.empty:
+        return None, [], table.assign(**{c: pd.Series(dtype=object) for c in (*RULE_COLUMNS, "chosen")})
+    aims = pd.DataFrame({
+        "instability aim": table["instability (jittered)"] <= 0.75 * table["reference instability"],
+        "tracking aim": table["tracking (jittered)"] > table["reference tracking"],
+        "parts aim": (table["face parts covered (jittered)"] >= 3) & (table["eye detectors (jittered)"] > 0),
+    })  # fmt: skip
+    table = pd.concat([table, aims], axis=1)
+    table["qualifies"] = (table["verification accuracy"] >= floor) & table["reference instability"].notna()
+    table["aims met"] = aims.sum(axis=1).where(table["qualifies"], 0)
+    table = table.sort_values(
+        [*RULE_COLUMNS, "instability (jittered)"], ascending=[False, False, False, False, True]
+    ).reset_index(drop=True)
+    qualified = table[table["qualifies"]]
+    chosen = None
+    if len(qualified) and qualified.iloc[0]["seeds"] >= seeds_to_choose:
+        chosen = qualified.iloc[0]["search point"]
+    to_confirm = [] if chosen else list(qualified[qualified["seeds"] < seeds_to_choose]["search point"][:2])
     table["chosen"] = table["search point"] == chosen
-    return chosen, table
+    return chosen, to_confirm, table

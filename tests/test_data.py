@@ -106,12 +106,18 @@ def test_env_var_sets_the_default_cache_dir(tmp_path, monkeypatch):
     assert ds.cache_path is not None and ds.cache_path.parent == tmp_path / "faceparts"
 
 
-def test_train_and_test_identities_are_disjoint():
-    train, test = small("train", num_identities=20), small("test", num_identities=20)
-    z_train = {tuple(sorted((g, k, v) for g in i.z for k, v in i.z[g].items())) for i in train.identities}
-    z_test = {tuple(sorted((g, k, v) for g in i.z for k, v in i.z[g].items())) for i in test.identities}
-    assert not z_train & z_test
-    assert not np.array_equal(train.raw(0)[0], test.raw(0)[0])
+def test_train_validation_and_test_identities_are_disjoint():
+    splits = {name: small(name, num_identities=20) for name in ("train", "val", "test")}
+    people = {
+        name: {tuple(sorted((g, k, v) for g in i.z for k, v in i.z[g].items())) for i in ds.identities}
+        for name, ds in splits.items()
+    }
+    assert not people["train"] & people["test"]
+    assert not people["train"] & people["val"] and not people["val"] & people["test"]
+    assert not np.array_equal(splits["train"].raw(0)[0], splits["test"].raw(0)[0])
+    assert not np.array_equal(splits["val"].raw(0)[0], splits["test"].raw(0)[0])
+    with pytest.raises(ValueError, match="'train', 'val' or 'test'"):
+        small("validation")
 
 
 def test_eye_landmarks_lie_in_their_eye_masks(medium):
@@ -168,7 +174,7 @@ def test_difficulty_changes_images_and_is_validated():
     with pytest.raises(ValueError, match="difficulty"):
         small(difficulty=1.5)
     with pytest.raises(ValueError, match="split"):
-        FaceParts("val")
+        FaceParts("validation")
 
 
 # ----------------------------------------------------------------------------- pairs

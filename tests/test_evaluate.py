@@ -243,6 +243,7 @@ def test_evaluate_command_prints_one_json_object(monkeypatch, capsys, tmp_path):
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert printed["verification"]["num_pairs"] == 20
+    assert printed["split"] == "FaceParts test"
     assert 0.0 <= printed["verification"]["accuracy"] <= 1.0
     for copy in ("original", "jittered"):
         numbers = printed["explainability"][copy]
@@ -309,3 +310,17 @@ def test_insightface_bin_pack_runs_through_the_evaluation(tmp_path):
         TinyFaceNet(), explain_dataset, batch_size=20, tracking_images=4, progress=False
     )
     assert "translation_tracking" in numbers and "location_instability" not in numbers
+
+
+def test_validation_spec_measures_other_identities_and_says_so():
+    from ecl.evaluate import evaluation_split, load_evaluation_data
+
+    test_set, test_pairs, _ = load_evaluation_data("faceparts", image_size=32, max_images=40)
+    val_set, val_pairs, explain_set = load_evaluation_data("faceparts-val", image_size=32, max_images=40)
+    assert val_set.split == "val" and test_set.split == "test" and explain_set is val_set
+    assert len(val_pairs) == len(test_pairs)
+    assert not np.array_equal(val_set.raw(0)[0], test_set.raw(0)[0])
+    assert evaluation_split("faceparts-val") == "FaceParts validation"
+    assert evaluation_split("lfw:/x") == "LFW View-1 test"
+    with pytest.raises(ValueError, match="unknown data spec"):
+        evaluation_split("mnist")

@@ -369,3 +369,35 @@ def test_ecloss_properties_on_random_shapes():
         torch.testing.assert_close(loss, naive_ecloss(a))
 
     check()
+
+
+@pytest.mark.parametrize("mu", [(0.0, 0.0), (3.3, 7.8), (13.0, 13.0), (6.5, 2.25), (9.0, 0.0)])
+@pytest.mark.parametrize("beta", [2.0, 4.0, 8.0])
+def test_subcell_peak_finds_a_template_anywhere_so_templates_are_fixed_points(mu, beta):
+    template = positive_template(torch.tensor([[mu]]), (14, 14), beta=beta)
+    peak = find_peaks(template, mode="subcell")
+    assert peak.dtype.is_floating_point
+    torch.testing.assert_close(peak[0, 0], torch.tensor(mu), atol=1e-5, rtol=0)
+    assert ecloss(template, beta=beta, peak="subcell").item() < 1e-5
+
+
+def test_only_the_subcell_peak_leaves_a_border_template_in_place():
+    border = positive_template(torch.tensor([[[0.0, 0.0]]]), (14, 14), beta=4.0)
+    assert find_peaks(border, mode="centroid").tolist() == [[[1, 1]]]  # the centroid's inward pull
+    assert ecloss(border, peak="centroid").item() > 0.1
+    assert find_peaks(border, mode="subcell").tolist() == [[[0.0, 0.0]]]
+
+
+def test_subcell_ecloss_gradient_holds_the_peaks_fixed():
+    # The sub-cell peak moves continuously with the map, so a finite-difference gradcheck would see it
+    # move; the loss's gradient is, by design, the one with every peak held where it is.
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    peaks = find_peaks(a, mode="subcell")
+    assert not peaks.requires_grad
+    template = positive_template(peaks, (6, 5), beta=4.0, dtype=torch.float64)
+    flat_a, flat_t = a.flatten(2), template.flatten(2)
+    by_hand = (1 - (flat_a * flat_t).sum(-1) / (flat_a.norm(dim=-1) * flat_t.norm(dim=-1) + 1e-6)).mean()
+    (expected,) = torch.autograd.grad(by_hand, a)
+    (actual,) = torch.autograd.grad(ecloss(a, peak="subcell"), a)
+    torch.testing.assert_close(actual, expected)

@@ -151,3 +151,20 @@ def test_deepcopy_keeps_the_tap_on_the_copy(resnet):
     assert out.activations.shape == (1, 256, 14, 14)
     hook = next(iter(clone.backbone.layer3._forward_hooks.values()))
     assert hook.__self__ is clone
+
+
+def test_retarget_taps_another_layer_without_changing_the_embeddings():
+    torch.manual_seed(0)
+    model = create_face_model("test_resnet", embedding_dim=16).eval()
+    images = torch.rand(2, 3, 112, 112)
+    before = model(images)
+    model.retarget("layer2")
+    after = model(images)
+    assert model.target_layer == "layer2" and model.config["target_layer"] == "layer2"
+    assert after.activations.shape[-2:] == (28, 28) and model.target_size == (28, 28)
+    torch.testing.assert_close(after.embeddings, before.embeddings)
+    with pytest.raises(ValueError, match="unknown target layer 'layer9'"):
+        model.retarget("layer9")
+    masked = create_face_model("test_resnet", embedding_dim=16, forward_mask=True)
+    with pytest.raises(ValueError, match="forward mask"):
+        masked.retarget("layer2")

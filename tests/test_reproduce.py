@@ -34,6 +34,7 @@ def _record(method: str = "ecloss", seed: int = 0, accuracy: float = 0.9, instab
         "created": "2026-01-01T00:00:00+00:00",
         "train": {},
         "transfer": {},
+        "split": "FaceParts test",
         "evaluation": {
             "verification": {"accuracy": accuracy, "auc": 0.95, "eer": 0.1},
             "explainability": {"original": report, "jittered": copy.deepcopy(report)},
@@ -52,7 +53,11 @@ def test_method_configs_differ_only_in_the_regulariser_and_seed():
     assert configs["sad"].loss.gamma > 0, "SAD without a diversity weight would be the baseline"
     tuned, default = configs["ecloss-tuned"].loss, configs["ecloss"].loss
     assert (tuned.lambda_, tuned.peak, tuned.gamma) == (10.0, "centroid", 0.05)
-    assert (default.lambda_, default.peak, default.gamma) == (1.0, "argmax", 0.0)
+    assert (default.lambda_, default.peak, default.gamma) == (
+        base.loss.lambda_,
+        base.loss.peak,
+        base.loss.gamma,
+    )
     with pytest.raises(ValueError, match="unknown method"):
         method_config(base, "arcface")
 
@@ -119,37 +124,57 @@ def test_compare_methods_flags_a_clear_improvement_and_ignores_noise(tmp_path):
     assert "Verification accuracy 0.870 -> 0.850: at least the baseline's within the error bars." in sentence
 
 
-def test_pick_setting_prefers_spread_detectors_among_points_that_meet_the_aim_and_keep_accuracy():
-    import pandas as pd
+def _point(study, method, accuracy, instability, tracking=0.6, parts=(), spread=0.0, seed=0, size=(14, 14)):
+    record = _record(method, seed, accuracy=accuracy, instability=instability)
+    jittered = record["evaluation"]["explainability"]["jittered"]
+    jittered["translation_tracking"]["mean"] = tracking
+    jittered["part_iou"]["parts_covered"] = list(parts)
+    jittered["part_coverage"] = {"entropy_bits": spread, "channels_per_part": {p: 5 for p in parts}}
+    jittered["map_size"] = list(size)
+    return {**record, "study": study, "split": "FaceParts validation"}
 
-    from ecl.results import pick_setting
 
-    def run(study, method, accuracy, instability, spread=0.0, seed=0):
-        record = _record(method, seed, accuracy=accuracy, instability=instability)
-        record["evaluation"]["explainability"]["jittered"]["part_coverage"]["entropy_bits"] = spread
-        return {**record, "study": study}
+def test_select_setting_ranks_by_aims_then_face_parts_and_asks_for_seeds_before_choosing():
+    from ecl.results import select_setting
 
-    records = [run("faceparts", "baseline", 0.90 + 0.01 * (seed - 1), 0.10, seed=seed) for seed in range(3)]
-    points = {  # (accuracy, instability, spread of the detectors in bits); the aim is instability <= 0.075
-        "lambda=30": (0.80, 0.03, 1.5),  # best numbers, but accuracy below 0.90 - 2 * 0.01
-        "lambda=10 centroid": (0.90, 0.03, -0.0),  # meets the aim with every detector on one part
-        "lambda=10 beta=8": (0.89, 0.06, 0.9),  # meets the aim, detectors over two parts: the pick
-        "lambda=10": (0.90, 0.08, 1.5),  # misses the aim: its spread does not count
-        "target 7x7 (layer4)": (0.90, 0.03, 1.5),  # measured on another layer than the baseline
+    records = [_point("faceparts-val", "baseline", 0.90 + 0.01 * (s - 1), 0.10, seed=s) for s in range(3)]
+    records.append(_point("search: baseline at layer2", "baseline", 0.90, 0.20, size=(28, 28)))
+    eyes = ("left_eye", "nose", "mouth")
+    points = {  # aims: instability <= 0.075 (0.15 at layer2), tracking > 0.6, 3 face parts with an eye
+        "lambda=10 argmax": (0.80, 0.03, 0.9, eyes, 1.5, (14, 14)),  # everything, but accuracy too low
+        "lambda=10 centroid": (0.90, 0.03, 0.9, ("nose", "hair"), 0.0, (14, 14)),  # 2 aims, 1 face part
+        "lambda=10 subcell": (0.89, 0.07, 0.9, eyes, 0.9, (14, 14)),  # all 3 aims
+        "lambda=10 centroid beta=8": (0.90, 0.06, 0.7, ("nose", "mouth"), 1.0, (14, 14)),  # 2 aims, 2 parts
+        "layer2 lambda=10 subcell beta=8": (
+            0.90,
+            0.14,
+            0.9,
+            eyes,
+            1.2,
+            (28, 28),
+        ),  # 3 aims vs layer2 baseline
     }
-    for name, (accuracy, instability, spread) in points.items():
-        records.append(run(f"ablation: {name}", "ecloss", accuracy, instability, spread))
-    chosen, table = pick_setting(results_frame(records), candidates=[*points, "never run"])
-    assert chosen == "lambda=10 beta=8"
-    assert list(table["search point"])[:3] == ["lambda=10 beta=8", "lambda=10 centroid", "lambda=10"]
-    assert set(table["search point"][3:]) == {"lambda=30", "target 7x7 (layer4)"}
-    assert list(table["meets aim"]) == [True, True, False, False, False] and table["chosen"].sum() == 1
-    # No point meets the aim: the lowest instability among those that keep accuracy.
-    fallback = [
-        r for r in records if r["study"] in ("faceparts", "ablation: lambda=10", "ablation: lambda=30")
+    for name, (accuracy, instability, tracking, parts, spread, size) in points.items():
+        records.append(
+            _point(f"search: {name}", "ecloss", accuracy, instability, tracking, parts, spread, size=size)
+        )
+    chosen, to_confirm, table = select_setting(results_frame(records), points=[*points, "never run"])
+    assert chosen is None and to_confirm == ["layer2 lambda=10 subcell beta=8", "lambda=10 subcell"]
+    assert list(table["search point"]) == [
+        "layer2 lambda=10 subcell beta=8",  # 3 aims, 3 face parts, the larger spread
+        "lambda=10 subcell",
+        "lambda=10 centroid beta=8",
+        "lambda=10 centroid",
+        "lambda=10 argmax",  # does not qualify
     ]
-    assert pick_setting(results_frame(fallback), candidates=list(points))[0] == "lambda=10"
-    assert pick_setting(pd.DataFrame(columns=["study", "method", "seed"]))[0] is None
+    assert table.loc[0, "reference instability"] == 0.20 and not table.loc[4, "qualifies"]
+    # With two more seeds the best point is chosen.
+    for seed in (1, 2):
+        records.append(_point("search: layer2 lambda=10 subcell beta=8", "ecloss", 0.9, 0.14, 0.9, eyes, 1.2,
+                              seed=seed, size=(28, 28)))  # fmt: skip
+    chosen, to_confirm, table = select_setting(results_frame(records), points=list(points))
+    assert chosen == "layer2 lambda=10 subcell beta=8" and to_confirm == [] and table["chosen"].sum() == 1
+    assert select_setting(results_frame([]), points=list(points))[:2] == (None, [])
 
 
 def test_summary_cli_prints_a_markdown_table(tmp_path, capsys):
@@ -192,16 +217,20 @@ def test_grid_seeds_default_to_three_and_ablations_to_one(tmp_path, monkeypatch)
     monkeypatch.setattr(
         reproduce,
         "run_one",
-        lambda name, study, method, seed, *rest: calls.append((name, method, seed)) or {},
+        lambda name, study, method, seed, *rest, **kwargs: calls.append((name, method, seed)) or {},
     )
     monkeypatch.setattr(reproduce, "_save_result", lambda path, record: None)
     reproduce.run_grid(studies=["faceparts"], methods=["baseline"], results_dir=tmp_path, echo=lambda _: None)
     reproduce.run_grid(
         studies=["ablations"], ablations=["lambda=10"], results_dir=tmp_path, echo=lambda _: None
     )
+    reproduce.run_grid(
+        studies=["search"], points=["baseline at layer2"], results_dir=tmp_path, echo=lambda _: None
+    )
     assert calls == [
         ("faceparts", "baseline", 0),
         ("faceparts", "baseline", 1),
         ("faceparts", "baseline", 2),
         ("ablation: lambda=10", "ecloss", 0),
+        ("search: baseline at layer2", "baseline", 0),
     ]

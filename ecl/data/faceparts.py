@@ -5,8 +5,9 @@ split, images per identity, labels, landmarks and part masks, and a cache.
 
 Determinism: an identity's parameters come from ``SeedSequence([seed, split, 0, identity])`` and an
 image's nuisances from ``SeedSequence([seed, split, 1, identity, image])``, so item ``i`` has the same
-bytes whatever the access order, worker count or cache state. ``train`` and ``test`` use different
-streams, so their identities are disjoint by construction.
+bytes whatever the access order, worker count or cache state. ``train``, ``val`` (validation) and
+``test`` use different streams, so their identities are disjoint by construction: every choice is made
+on ``val`` and ``test`` is only measured.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ __all__ = [
     "sample_identity",
 ]
 
-_SPLIT_CODE = {"train": 0, "test": 1}
+_SPLIT_CODE = {"train": 0, "test": 1, "val": 2}
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -65,7 +66,8 @@ class FaceParts(Dataset):
     """Synthetic, unaligned face photos with identity labels, 5 landmarks and part masks.
 
     Args:
-        split: "train" or "test"; the two splits have disjoint identities.
+        split: "train", "val" (validation: where settings are chosen) or "test" (where they are only
+            measured); the three splits have disjoint identities.
         num_identities: identities in this split (labels 0..num_identities-1).
         images_per_identity: images per identity; item ``i`` is identity ``i // images_per_identity``.
         image_size: output side S in pixels.
@@ -103,7 +105,7 @@ class FaceParts(Dataset):
         **render_kw: Any,
     ):
         if split not in _SPLIT_CODE:
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         if cache not in ("disk", "memory", "none"):
             raise ValueError(f"cache must be 'disk', 'memory' or 'none', got {cache!r}")
         if num_identities < 1 or images_per_identity < 1:
