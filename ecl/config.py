@@ -130,7 +130,7 @@ class LossConfig:
     The training objective, by ``method`` (METHOD section 4 and 5):
 
     - ``none`` (the baseline): ``L_id``
-    - ``ecloss``: ``L_id + lambda * (L_match + gamma * L_div)``
+    - ``ecloss``: ``L_id + lambda * (L_match + gamma * L_div + consistency * L_cons)``
     - ``icnn``: ``L_id + lambda * icnn_filter_loss``
     - ``sad``: ``L_id + gamma * L_div``
 
@@ -142,6 +142,8 @@ class LossConfig:
         method: the regulariser: ``none``, ``ecloss``, ``icnn`` or ``sad``.
         lambda_: weight of the regulariser (YAML key ``lambda``).
         gamma: weight of the diversity term ``L_div``.
+        consistency: weight of the part-consistency term ``L_cons`` (``ecl.losses.consistency_loss``;
+            this project's choice, 0 for none).
         beta: template slope (4 in ICNN).
         peak: peak selection, ``argmax``, ``centroid`` or ``subcell`` (see ``ecl.losses.find_peaks``).
         tau: ICNN negative-template value, ``null`` for ``0.5 / n^2``.
@@ -154,6 +156,7 @@ class LossConfig:
     method: str = "ecloss"
     lambda_: float = 1.0
     gamma: float = 0.0
+    consistency: float = 0.0
     beta: float = 4.0
     peak: str = "argmax"
     tau: float | None = None
@@ -537,6 +540,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
         "model.dropout": cfg.model.dropout,
         "loss.lambda": cfg.loss.lambda_,
         "loss.gamma": cfg.loss.gamma,
+        "loss.consistency": cfg.loss.consistency,
         "loss.margin": 0.0 if cfg.loss.margin is None else cfg.loss.margin,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.momentum": cfg.optim.momentum,
@@ -574,13 +578,23 @@ def _flatten(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+# Keys added after run folders existed, with the value that reproduces the behaviour from before them.
+# While a key holds that value it is left out of `config_hash`, so the run folders trained before the key
+# existed keep their names (and are found again); any other value is part of the hash as usual.
+_HASHED_UNLESS = {"loss.consistency": 0.0}
+
+
 def config_hash(cfg: ExperimentConfig, length: int = 8) -> str:
     """A short hash of everything in the config that changes the trained weights.
 
     Keys in :data:`RESULT_NEUTRAL_KEYS` (device, logging, run name ...) are left out, so the same
     experiment has the same hash wherever it runs, and a changed experiment gets a new one.
     """
-    flat = {k: v for k, v in _flatten(cfg).items() if k not in RESULT_NEUTRAL_KEYS}
+    flat = {
+        k: v
+        for k, v in _flatten(cfg).items()
+        if k not in RESULT_NEUTRAL_KEYS and not (k in _HASHED_UNLESS and v == _HASHED_UNLESS[k])
+    }
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 

@@ -446,8 +446,8 @@ def evaluate_model(
             change). The model is given back its own layer afterwards.
 
     Returns:
-        ``{"data", "split", "target_layer", "verification": {...}, "explainability": {"original": ...,
-        "jittered": ...}}`` in plain JSON types.
+        A dict in plain JSON types with the keys ``data``, ``split``, ``target_layer``, ``verification``
+        and ``explainability`` (itself with ``original`` and ``jittered``).
     """
     from ecl.metrics import explainability_report
 

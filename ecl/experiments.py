@@ -69,6 +69,7 @@ ECLOSS_ORIGINAL: tuple[str, ...] = (
     "loss.beta=4",
     "loss.peak=argmax",
     "loss.gamma=0",
+    "loss.consistency=0",
 )
 
 
@@ -92,6 +93,10 @@ HYPOTHESES: dict[str, str] = {
     "target resolution": (
         "A 14 x 14 map has 8 px cells, one per eye. Does a 28 x 28 map (layer2, 4 px cells), compared "
         "with the baseline measured at the same layer, give parts channels of their own?"
+    ),
+    "consistency": (
+        "L_match lets a channel put its blob on a different part in every image. Does a term that asks a "
+        "channel to fire where the layer sees what it usually sees at its peak (L_cons) keep it on one part?"
     ),
     "training length": (
         "Every model so far trained for 384 steps. Do 4 and 16 times as many steps change the verdict, "
@@ -125,7 +130,7 @@ class SearchPoint:
 
 def _ecloss(lam: float = 10, beta: float = 4, peak: str = "argmax", gamma: float = 0, *extra: str):
     return ("loss.method=ecloss", f"loss.lambda={lam:g}", f"loss.beta={beta:g}", f"loss.peak={peak}",
-            f"loss.gamma={gamma:g}", *extra)  # fmt: skip
+            f"loss.gamma={gamma:g}", "loss.consistency=0", *extra)  # fmt: skip
 
 
 #: The points of the validation search, each one seed first (the selection rule, :func:`ecl.results.
@@ -160,6 +165,12 @@ SEARCH_POINTS: dict[str, SearchPoint] = {
         "target resolution",
         _ecloss(10, 12, "subcell", 0, "model.target_layer=layer2"),
         reference="baseline at layer2",
+    ),
+    "lambda=10 argmax consistency=1": SearchPoint(
+        "consistency", _ecloss(10, 4, "argmax", 0, "loss.consistency=1")
+    ),
+    "lambda=10 subcell beta=8 consistency=1": SearchPoint(
+        "consistency", _ecloss(10, 8, "subcell", 0, "loss.consistency=1")
     ),
     "baseline 4x": SearchPoint("training length", ("optim.epochs=48",), method="baseline"),
     "original 4x": SearchPoint(

@@ -28,6 +28,7 @@ __all__ = [
     "TemplateMask",
     "activation_template",
     "diversity_loss",
+    "consistency_loss",
     "ecloss",
     "find_peaks",
     "icnn_filter_loss",
@@ -229,6 +230,45 @@ def _diversity(activations: Tensor) -> Tensor:
     return _masked_mean(per_image, has_pairs)
 
 
+def _consistency(activations: Tensor, active: Tensor) -> Tensor:
+    """``L_cons`` on float, non-negative activations, given the active mask (B, C)."""
+    b, c, h, w = activations.shape
+    flat = activations.flatten(2)  # (B, C, HW)
+    with torch.no_grad():
+        # What the layer sees at each cell: the unit vector of all channels there.
+        cells = F.normalize(flat, dim=1)  # (B, C_feature, HW)
+        peaks = flat.argmax(dim=-1)  # (B, C)
+        at_peak = cells.gather(2, peaks.unsqueeze(1).expand(b, c, c))  # (B, C_feature, C_channel)
+        prototype = F.normalize((at_peak * active.unsqueeze(1).to(flat.dtype)).sum(0), dim=0)  # (C_feat, C)
+        similarity = torch.einsum("bkp,kc->bcp", cells, prototype)  # (B, C_channel, HW)
+    mass = flat.sum(-1, keepdim=True)
+    share = flat / torch.where(active.unsqueeze(-1), mass, torch.ones_like(mass))
+    terms = (share * (1.0 - similarity)).sum(-1)
+    return _masked_mean(terms, active)
+
+
+def consistency_loss(activations: Tensor) -> Tensor:
+    """The part-consistency term ``L_cons`` *(a choice of this project, METHOD section 4)*.
+
+    ``L_match`` makes each map one blob but lets a channel put it on a different part in every image.
+    This term asks a channel to fire where the layer sees what it usually sees at its peak. Per channel
+    ``c``, its *prototype* is the mean, over the batch's images where it is active, of the unit vector of
+    all channels at its argmax cell; ``L_cons`` is the mean over active maps of
+    ``sum_p w_bc(p) * (1 - cos(f_b(p), prototype_c))``, with ``w_bc = A_bc / sum A_bc`` the map's share
+    of activation at cell ``p`` and ``f_b(p)`` the channel vector at that cell. The prototype and the
+    cell vectors carry no gradient: the term moves where a channel fires, towards cells that look like
+    its prototype, without pulling the features themselves together. It is in [0, 1] (activations are
+    non-negative, so every cosine is), invariant to scaling a map, and costs ``O(B C^2 H W)``.
+
+    Shape:
+        activations ``(B, C, H, W)`` -> ``()``.
+    """
+    _check_activations(activations)
+    with _no_autocast(activations.device):
+        x = activations.to(_compute_dtype(activations)).clamp_min(0)
+        return _consistency(x, x.detach().flatten(2).amax(-1) > 0)
+
+
 def ecloss(
     activations: Tensor,
     beta: float = 4.0,
@@ -236,8 +276,9 @@ def ecloss(
     peak: str = "argmax",
     eps: float = 1e-6,
     return_parts: bool = False,
+    consistency: float = 0.0,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    """ECLoss, ``L_match + gamma * L_div`` (METHOD section 4).
+    """ECLoss, ``L_match + gamma * L_div + consistency * L_cons`` (METHOD section 4).
 
     ``L_match`` is the mean, over active maps (``max A_bc > 0``), of
     ``1 - <A_bc, T+_bc> / (||A_bc|| * ||T+_bc|| + eps)``, with ``T+_bc`` the positive template at the
@@ -260,8 +301,10 @@ def ecloss(
         peak: ``"argmax"``, ``"centroid"`` or ``"subcell"``, see :func:`find_peaks`.
         eps: Keeps the cosine finite; also makes a scaled template score ``~eps / ||A||^2`` above 0.
         return_parts: Also return a dict of detached 0-dim float tensors: ``"match"`` (``L_match``),
-            ``"div"`` (``L_div``) and ``"active"`` (fraction of active maps, to watch for silenced
-            channels). They are tensors, not floats, so logging them does not force a device sync.
+            ``"div"`` (``L_div``), ``"active"`` (fraction of active maps, to watch for silenced
+            channels) and, when ``consistency > 0``, ``"cons"`` (``L_cons``). They are tensors, not
+            floats, so logging them does not force a device sync.
+        consistency: Weight of the part-consistency term (:func:`consistency_loss`); 0 for none.
 
     Returns:
         The scalar loss in the computation dtype, or ``(loss, parts)`` when ``return_parts``.
@@ -272,17 +315,20 @@ def ecloss(
     _check_activations(activations)
     if peak not in PEAK_MODES:
         raise ValueError(f"peak must be one of {PEAK_MODES}, got {peak!r}")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if gamma < 0 or consistency < 0:
+        raise ValueError(f"gamma and consistency must be >= 0, got {gamma} and {consistency}")
     with _no_autocast(activations.device):
         x = activations.to(_compute_dtype(activations)).clamp_min(0)
         terms, active = _match_terms(x, beta=beta, peak=peak, eps=eps)
         match = _masked_mean(terms, active)
         loss = match
-        div = None
+        div = cons = None
         if gamma > 0:
             div = _diversity(x)
-            loss = match + gamma * div
+            loss = loss + gamma * div
+        if consistency > 0:
+            cons = _consistency(x, active)
+            loss = loss + consistency * cons
         if not return_parts:
             return loss
         if div is None:
@@ -293,6 +339,8 @@ def ecloss(
             "div": div.detach(),
             "active": active.to(x.dtype).mean().detach(),
         }
+        if cons is not None:
+            parts["cons"] = cons.detach()
         return loss, parts
 
 
@@ -304,26 +352,44 @@ class ECLoss(nn.Module):
         gamma: Weight of the diversity term.
         peak: ``"argmax"``, ``"centroid"`` or ``"subcell"`` (see :func:`find_peaks`).
         eps: Denominator guard of the cosine.
+        consistency: Weight of the part-consistency term (:func:`consistency_loss`).
     """
 
     def __init__(
-        self, beta: float = 4.0, gamma: float = 0.0, peak: str = "argmax", eps: float = 1e-6
+        self,
+        beta: float = 4.0,
+        gamma: float = 0.0,
+        peak: str = "argmax",
+        eps: float = 1e-6,
+        consistency: float = 0.0,
     ) -> None:
         super().__init__()
         if peak not in PEAK_MODES:
             raise ValueError(f"peak must be one of {PEAK_MODES}, got {peak!r}")
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if gamma < 0 or consistency < 0:
+            raise ValueError(f"gamma and consistency must be >= 0, got {gamma} and {consistency}")
         self.beta = float(beta)
         self.gamma = float(gamma)
         self.peak = peak
         self.eps = float(eps)
+        self.consistency = float(consistency)
 
     def forward(self, activations: Tensor, return_parts: bool = False):
-        return ecloss(activations, self.beta, self.gamma, self.peak, self.eps, return_parts=return_parts)
+        return ecloss(
+            activations,
+            self.beta,
+            self.gamma,
+            self.peak,
+            self.eps,
+            return_parts=return_parts,
+            consistency=self.consistency,
+        )
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, gamma={self.gamma}, peak={self.peak!r}, eps={self.eps}"
+        return (
+            f"beta={self.beta}, gamma={self.gamma}, peak={self.peak!r}, eps={self.eps}, "
+            f"consistency={self.consistency}"
+        )
 
 
 class TemplateMask(nn.Module):

@@ -168,7 +168,12 @@ def training_objective(output, logits: Tensor, labels: Tensor, loss_cfg) -> tupl
         return loss_id, parts
     if method == "ecloss":
         reg, reg_parts = ecloss(
-            activations, beta=loss_cfg.beta, gamma=loss_cfg.gamma, peak=loss_cfg.peak, return_parts=True
+            activations,
+            beta=loss_cfg.beta,
+            gamma=loss_cfg.gamma,
+            peak=loss_cfg.peak,
+            return_parts=True,
+            consistency=loss_cfg.consistency,
         )
         parts.update(reg_parts)
         return loss_id + loss_cfg.lambda_ * reg, parts

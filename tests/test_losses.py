@@ -13,6 +13,7 @@ from ecl.losses import (
     MarginHead,
     TemplateMask,
     activation_template,
+    consistency_loss,
     ecloss,
     find_peaks,
     icnn_filter_loss,
@@ -401,3 +402,52 @@ def test_subcell_ecloss_gradient_holds_the_peaks_fixed():
     (expected,) = torch.autograd.grad(by_hand, a)
     (actual,) = torch.autograd.grad(ecloss(a, peak="subcell"), a)
     torch.testing.assert_close(actual, expected)
+
+
+def _consistency_by_hand(a: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = a.shape
+    flat = a.flatten(2)
+    cells = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    active = flat.amax(-1) > 0
+    terms = []
+    for k in range(c):
+        vectors = [cells[i, :, int(flat[i, k].argmax())] for i in range(b) if active[i, k]]
+        prototype = torch.stack(vectors).sum(0)
+        prototype = prototype / prototype.norm()
+        for i in range(b):
+            if active[i, k]:
+                share = flat[i, k] / flat[i, k].sum()
+                terms.append((share * (1 - prototype @ cells[i])).sum())
+    return torch.stack(terms).mean()
+
+
+def test_consistency_matches_a_loop_and_is_zero_when_channels_fire_on_what_they_always_see():
+    torch.manual_seed(0)
+    a = torch.rand(3, 4, 5, 6, dtype=torch.float64)
+    a[0, 1] = 0  # a dead map: left out
+    torch.testing.assert_close(consistency_loss(a), _consistency_by_hand(a))
+    # Two channels that each fire on one cell, the same pattern in every image, at different places.
+    same = torch.zeros(2, 2, 4, 4, dtype=torch.float64)
+    same[0, 0, 1, 1] = same[0, 1, 2, 3] = 1.0
+    same[1, 0, 3, 0] = same[1, 1, 0, 2] = 2.0
+    assert consistency_loss(same).item() == pytest.approx(0.0, abs=1e-12)
+    # Channel 0 also fires, a little less, where channel 1 fires: 40% of its activation is on cells
+    # that look unlike its prototype (cosine 0.71 there), so each of its maps costs 0.4 * 0.29.
+    mixed = same.clone()
+    mixed[:, 0] = 1.5 * same[:, 0] + same[:, 1]
+    assert consistency_loss(mixed).item() == pytest.approx(2 * 0.4 * (1 - 0.5**0.5) / 4, rel=0.05)
+    assert consistency_loss(3.0 * a).item() == pytest.approx(consistency_loss(a).item())
+
+
+def test_consistency_moves_activation_not_features_and_adds_to_ecloss():
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(consistency_loss(a), a)
+    # Only through each map's share: the gradient of a share-weighted mean sums to 0 along each map
+    # once scaled by the map (d/dA of sum(A * s) / sum(A) with s fixed).
+    torch.testing.assert_close((grad * a).detach().sum((-2, -1)), torch.zeros(2, 3, dtype=torch.float64))
+    total, parts = ecloss(a, consistency=0.5, return_parts=True)
+    torch.testing.assert_close(total, ecloss(a) + 0.5 * consistency_loss(a))
+    assert "cons" in parts and "cons" not in ecloss(a, return_parts=True)[1]
+    with pytest.raises(ValueError, match="consistency must be >= 0"):
+        ecloss(a, consistency=-1.0)
