@@ -213,6 +213,10 @@ class ActivationStats:
         iou_tallies: ``(intersection (C, P), map_area (C,), part_area (P,))`` pixel counts of the
             upsampled maps binarised at ``thresholds`` (from the histograms, see
             ``ChannelHistograms.count_above``); None without masks.
+        second_max: (N, C) float32, each map's strongest local maximum at least two cells from its
+            peak (:func:`second_peak_cells`; 0 when there is none).
+        peak_parts, second_parts: (N, C) int8, the part (index into ``part_names``) whose mask holds
+            the peak pixel and the second peak's pixel, -1 for none; None without masks.
     """
 
     max_activation: np.ndarray
@@ -226,6 +230,9 @@ class ActivationStats:
     part_names: tuple[str, ...] = ()
     part_hits: np.ndarray | None = field(default=None, repr=False)
     iou_tallies: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    second_max: np.ndarray | None = field(default=None, repr=False)
+    peak_parts: np.ndarray | None = field(default=None, repr=False)
+    second_parts: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def num_images(self) -> int:
@@ -244,6 +251,48 @@ class ActivationStats:
     def peak_xy(self) -> np.ndarray:
         """(N, C, 2) float32 peak positions in image pixels (x, y)."""
         return cells_to_pixels(self.peak_cells, self.map_size, self.image_size)
+
+
+def second_peak_cells(
+    activations: torch.Tensor, peaks: torch.Tensor, min_distance: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The strongest local maximum of every map at least ``min_distance`` cells from its peak.
+
+    A local maximum is a positive cell no smaller than its 8 neighbours; the distance is the larger of
+    the row and column offsets. A map with one blob has none (value 0). Two eyes in one map show here.
+
+    Args:
+        activations: (B, C, H, W). peaks: (B, C, 2) the maps' peak cells (:func:`peak_cells`).
+
+    Returns:
+        ``(value (B, C), cell (B, C, 2) long)``.
+    """
+    b, c, h, w = activations.shape
+    pooled = F.max_pool2d(activations, 3, stride=1, padding=1)
+    rows = torch.arange(h, device=activations.device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=activations.device).view(1, 1, 1, w)
+    far = ((rows - peaks[..., 0, None, None]).abs() >= min_distance) | (
+        (cols - peaks[..., 1, None, None]).abs() >= min_distance
+    )
+    candidates = (activations >= pooled) & (activations > 0) & far
+    values, flat = (
+        torch.where(candidates, activations, torch.zeros_like(activations)).reshape(b, c, h * w).max(2)
+    )
+    return values, torch.stack([flat // w, flat % w], dim=-1)
+
+
+def part_at(cells: torch.Tensor, map_size: tuple[int, int], masks: torch.Tensor) -> torch.Tensor:
+    """The part whose mask holds each cell's pixel (the first one, for overlapping masks), -1 for none.
+
+    Args:
+        cells: (B, C, 2). map_size: (H, W). masks: bool (B, P, S_h, S_w).
+
+    Returns:
+        int8 (B, C).
+    """
+    inside = peak_in_masks(cells, map_size, masks)  # (B, C, P)
+    first = inside.to(torch.int8).argmax(-1).to(torch.int8)
+    return torch.where(inside.any(-1), first, torch.full_like(first, -1))
 
 
 def peak_in_masks(cells: torch.Tensor, map_size: tuple[int, int], masks: torch.Tensor) -> torch.Tensor:
@@ -422,7 +471,7 @@ def collect_activations(
     """
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
-    maxima, cells, landmarks = [], [], []
+    maxima, cells, landmarks, seconds, parts_first, parts_second = [], [], [], [], [], []
     histograms: ChannelHistograms | None = None
     part_hits = part_area = None
     map_size = image_size = None
@@ -446,9 +495,11 @@ def collect_activations(
                     # value with this many values at or above it can only be lower.
                     rank = math.ceil(quantile * num_images * h * w) + 2
             values, peaks = peak_cells(activations)
+            second, second_cells = second_peak_cells(activations, peaks)
             histograms.update(activations.transpose(0, 1).reshape(c, -1))
             maxima.append(values.cpu().numpy())
             cells.append(peaks.cpu().numpy().astype(np.int16))
+            seconds.append(second.float().cpu().numpy())
             if isinstance(batch, dict) and "landmarks" in batch:
                 landmarks.append(np.asarray(batch["landmarks"], dtype=np.float32))
             if masks is not None:
@@ -459,6 +510,8 @@ def collect_activations(
                 floor = histograms.lower_bound(rank) if rank is not None else torch.zeros_like(histograms.hi)
                 _upsampled_histograms(histograms, activations, masks, floor)
                 hits = (peak_in_masks(peaks, map_size, masks) & (values > 0)[..., None]).sum(0)
+                parts_first.append(part_at(peaks, map_size, masks).cpu().numpy())
+                parts_second.append(part_at(second_cells, map_size, masks).cpu().numpy())
                 area = masks.sum((0, 2, 3))
                 part_hits = hits if part_hits is None else part_hits + hits
                 part_area = area if part_area is None else part_area + area
@@ -481,4 +534,7 @@ def collect_activations(
         part_names=tuple(part_names),
         part_hits=None if part_hits is None else part_hits.cpu().numpy().astype(np.int64),
         iou_tallies=tallies,
+        second_max=np.concatenate(seconds),
+        peak_parts=np.concatenate(parts_first) if parts_first else None,
+        second_parts=np.concatenate(parts_second) if parts_second else None,
     )

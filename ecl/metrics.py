@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -444,6 +444,71 @@ def translation_tracking(
     )
 
 
+@dataclass
+class BimodalityResult:
+    """How often a map has two blobs, and how often they are the two eyes.
+
+    Attributes:
+        bimodal: fraction of fired maps whose second peak (:func:`ecl.activations.second_peak_cells`)
+            reaches ``ratio`` of the map's maximum.
+        both_eyes: fraction of fired maps that are bimodal with one peak on each eye (None without eye
+            masks).
+        two_eye_channels: channels whose fired maps are mostly (more than half) bimodal on both eyes.
+        per_channel: (C,) the bimodal fraction of each channel (NaN for one that never fired).
+        ratio: the second peak's threshold, as a fraction of the maximum.
+    """
+
+    bimodal: float
+    both_eyes: float | None
+    two_eye_channels: int | None
+    per_channel: np.ndarray = field(repr=False)
+    ratio: float = 0.5
+
+    def to_dict(self, per_channel: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "bimodal": json_float(self.bimodal),
+            "both_eyes": None if self.both_eyes is None else json_float(self.both_eyes),
+            "two_eye_channels": self.two_eye_channels,
+            "ratio": self.ratio,
+        }
+        if per_channel:
+            out["per_channel"] = [json_float(v) for v in self.per_channel]
+        return out
+
+
+def bimodality(stats: ActivationStats, ratio: float = 0.5) -> BimodalityResult:
+    """Two eyes against one peak: how often a channel's map has a second blob, and on which parts.
+
+    ECLoss matches each map to one pyramid, so a channel that answers to "an eye" and fires on both
+    eyes is penalised for the second one. This counts how often that happens.
+
+    Args:
+        stats: from :func:`ecl.activations.collect_activations` (part masks give ``both_eyes``).
+        ratio: a second peak counts when it reaches this fraction of the map's maximum.
+    """
+    fired = stats.fired
+    second = stats.second_max if stats.second_max is not None else np.zeros_like(stats.max_activation)
+    bimodal = fired & (second >= ratio * stats.max_activation)
+    counts = fired.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_channel = np.where(counts > 0, bimodal.sum(0) / np.maximum(counts, 1), np.nan)
+    both_eyes = two_eye_channels = None
+    names = tuple(stats.part_names)
+    if stats.peak_parts is not None and {"left_eye", "right_eye"} <= set(names):
+        eyes = {names.index("left_eye"), names.index("right_eye")}
+        first, other = stats.peak_parts.astype(np.int64), stats.second_parts.astype(np.int64)
+        on_eyes = bimodal & (first != other) & np.isin(first, list(eyes)) & np.isin(other, list(eyes))
+        both_eyes = float(on_eyes.sum() / max(int(fired.sum()), 1))
+        two_eye_channels = int((on_eyes.sum(0) > 0.5 * counts).sum())
+    return BimodalityResult(
+        bimodal=float(bimodal.sum() / max(int(fired.sum()), 1)),
+        both_eyes=both_eyes,
+        two_eye_channels=two_eye_channels,
+        per_channel=per_channel,
+        ratio=ratio,
+    )
+
+
 def part_coverage(assigned: np.ndarray, part_names: Sequence[str]) -> dict[str, Any]:
     """How many channels each part (or landmark) has, and how evenly they spread.
 
@@ -584,6 +649,7 @@ def explainability_metrics(
         out["part_iou"] = {**iou.to_dict(per_channel), "masks": masks_from}
         out["peak_hit_rate"] = peak_hit_rate(stats, iou.assigned).to_dict(per_channel)
         out["part_coverage"] = part_coverage(iou.assigned, part_names)
+        out["bimodality"] = bimodality(stats).to_dict(per_channel)
     elif has_landmarks:
         names = landmark_names or tuple(f"landmark_{k}" for k in range(stats.landmarks.shape[1]))
         out["part_coverage"] = {

@@ -464,3 +464,43 @@ def test_explainability_report_on_jittered_images():
     moved = report["jittered"]["location_instability"]["per_channel"]
     assert original[0] == pytest.approx(0.0, abs=1e-9)
     assert moved[1] != pytest.approx(original[1], rel=0.05)
+
+
+class TwoEyes(torch.utils.data.Dataset):
+    """Two bright squares (the eyes) at random places, their masks named left_eye and right_eye."""
+
+    part_names = ("left_eye", "right_eye", "nose")
+
+    def __init__(self, n=20, seed=0):
+        rng = np.random.default_rng(seed)
+        self.left = rng.integers(1, 3, size=(n, 2))
+        self.right = self.left + np.array([rng.integers(0, 2), 4])  # at least 4 cells to the right
+
+    def __len__(self):
+        return len(self.left)
+
+    def __getitem__(self, index):
+        image = torch.zeros(3, S, S)
+        masks = torch.zeros(3, S, S, dtype=torch.bool)
+        for k, (i, j) in enumerate((self.left[index], self.right[index])):
+            image[:, CELL * i : CELL * (i + 1), CELL * j : CELL * (j + 1)] = 1.0 - 0.1 * k
+            masks[k] = image[0] == 1.0 - 0.1 * k
+        return {"image": image, "label": index, "masks": masks, "index": index}
+
+
+def test_bimodality_finds_a_channel_that_fires_on_both_eyes():
+    from ecl.activations import second_peak_cells
+    from ecl.metrics import bimodality
+
+    stats = collect_activations(
+        BlobDetector(), loader_of(TwoEyes()), progress=False, part_names=TwoEyes.part_names
+    )
+    result = bimodality(stats)
+    # Channel 0 (brightness) fires on both eyes in every image; channel 1 (fixed position) has one peak.
+    assert result.per_channel.tolist() == [1.0, 0.0]
+    assert result.bimodal == pytest.approx(0.5) and result.both_eyes == pytest.approx(0.5)
+    assert result.two_eye_channels == 1
+    one_blob = torch.zeros(1, 1, 6, 6)
+    one_blob[0, 0, 2:4, 2:4] = torch.tensor([[1.0, 0.9], [0.8, 0.7]])  # a blob, no second peak
+    values, _ = second_peak_cells(one_blob, torch.tensor([[[2, 2]]]))
+    assert values.item() == 0.0
