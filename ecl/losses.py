@@ -33,6 +33,7 @@ __all__ = [
     "find_peaks",
     "icnn_filter_loss",
     "make_head",
+    "peak_pull",
     "positive_template",
     "sad_loss",
 ]
@@ -152,6 +153,26 @@ def find_peaks(activations: Tensor, mode: str = "argmax") -> Tensor:
     if mode == "subcell":
         return _subcell_peaks(flat.to(_compute_dtype(flat)).clamp_min(0), peaks, height, width)
     return peaks
+
+
+def peak_pull(size: tuple[int, int] = (14, 14), beta: float = 4.0, mode: str = "centroid") -> Tensor:
+    """Where a peak rule puts the peak of a perfect template: the pull of the rule at every cell.
+
+    For every cell ``mu`` of an ``(H, W)`` map, the positive template ``T+_mu`` itself is given to
+    :func:`find_peaks`; the result minus ``mu`` is how far the rule moves a blob that already is a
+    perfect pyramid there. A rule with no pull gives zeros everywhere (``argmax``, ``subcell``); the
+    centroid moves border blobs inward (a border pyramid is clipped on one side).
+
+    Returns:
+        ``(H, W, 2)`` float: the ``(row, column)`` displacement of each cell's template peak.
+    """
+    height, width = size
+    grid = torch.stack(
+        torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij"), dim=-1
+    ).reshape(1, height * width, 2)
+    templates = positive_template(grid, size, beta=beta)  # (1, HW, H, W): one map per cell
+    found = find_peaks(templates, mode=mode).to(torch.float32)
+    return (found - grid.to(torch.float32)).reshape(height, width, 2)
 
 
 def _centroid_peaks(weights: Tensor, argmax: Tensor) -> Tensor:

@@ -509,6 +509,36 @@ def bimodality(stats: ActivationStats, ratio: float = 0.5) -> BimodalityResult:
     )
 
 
+def part_extents(dataset: Any, max_images: int = 200) -> dict[str, dict[str, float]]:
+    """How large each part is, in pixels: the mean height, width and area of its mask where present.
+
+    The template's reach (``S / beta`` pixels from its peak, METHOD section 3) is measured against these.
+
+    Args:
+        dataset: items with ``"masks"`` (P, S, S); ``part_names`` names them.
+        max_images: the first this many images.
+
+    Returns:
+        ``{part: {"height", "width", "area"}}`` in pixels (NaN for a part never present).
+    """
+    names = tuple(dataset_attr(dataset, "part_names", ()) or ())
+    sums = np.zeros((len(names), 3))
+    counts = np.zeros(len(names))
+    for index in range(min(max_images, len(dataset))):
+        masks = np.asarray(dataset[index]["masks"], dtype=bool)
+        for p, mask in enumerate(masks):
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            if rows.size:
+                sums[p] += (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1, mask.sum())
+                counts[p] += 1
+    with np.errstate(invalid="ignore"):
+        means = sums / counts[:, None]
+    return {
+        name: dict(zip(("height", "width", "area"), map(float, means[p]), strict=True))
+        for p, name in enumerate(names)
+    }
+
+
 def part_coverage(assigned: np.ndarray, part_names: Sequence[str]) -> dict[str, Any]:
     """How many channels each part (or landmark) has, and how evenly they spread.
 

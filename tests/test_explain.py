@@ -504,3 +504,11 @@ def test_bimodality_finds_a_channel_that_fires_on_both_eyes():
     one_blob[0, 0, 2:4, 2:4] = torch.tensor([[1.0, 0.9], [0.8, 0.7]])  # a blob, no second peak
     values, _ = second_peak_cells(one_blob, torch.tensor([[[2, 2]]]))
     assert values.item() == 0.0
+
+
+def test_part_extents_measure_the_masks():
+    from ecl.metrics import part_extents
+
+    sizes = part_extents(SquareFaces(n=5))
+    assert sizes["square"] == {"height": CELL, "width": CELL, "area": CELL * CELL}
+    assert sizes["corner"]["area"] == 16.0

@@ -451,3 +451,15 @@ def test_consistency_moves_activation_not_features_and_adds_to_ecloss():
     assert "cons" in parts and "cons" not in ecloss(a, return_parts=True)[1]
     with pytest.raises(ValueError, match="consistency must be >= 0"):
         ecloss(a, consistency=-1.0)
+
+
+def test_peak_pull_is_the_centroids_inward_pull_on_wide_templates_only():
+    from ecl.losses import peak_pull
+
+    pull = peak_pull((14, 14), beta=4.0, mode="centroid")
+    assert pull[0, 0].tolist() == [1.0, 1.0] and pull[0, 7].tolist() == [1.0, 0.0]  # corner, edge: inward
+    assert pull[7, 7].tolist() == [0.0, 0.0] and pull[13, 13].tolist() == [-1.0, -1.0]
+    assert (pull.abs().sum(-1) > 0).float().mean().item() == pytest.approx(52 / 196)  # the two outer rings
+    for mode in ("argmax", "subcell"):
+        assert peak_pull((14, 14), beta=4.0, mode=mode).abs().max().item() == 0.0
+    assert peak_pull((14, 14), beta=8.0, mode="centroid").abs().max().item() == 0.0  # a small template

@@ -11,7 +11,7 @@ has a static plotly figure beside it in the book.
 - :mod:`ecl.viz.pairs`: explaining a match.
 """
 
-from ecl.viz.channels import channel_explorer, top_channels_figure
+from ecl.viz.channels import channel_explorer, template_fit_figure, top_channels_figure
 from ecl.viz.figures import (
     LivePlot,
     faces_figure,
@@ -39,6 +39,7 @@ __all__ = [
     "roc_figure",
     "template_explorer",
     "template_figure",
+    "template_fit_figure",
     "to_png",
     "top_channels_figure",
     "training_curves",

@@ -159,3 +159,59 @@ def top_channels_figure(
     fig.update_annotations(font_size=11)
     fig.update_layout(height=140 * len(rows) + 60, margin=dict(l=5, r=5, t=50, b=5), title=title)
     return fig
+
+
+def template_fit_figure(
+    images: torch.Tensor,
+    activations: torch.Tensor,
+    channel: int,
+    image_indices: Sequence[int] = (0, 1, 2),
+    beta: float = 4.0,
+    peak: str = "argmax",
+    opacity: float = 0.55,
+    title: str | None = None,
+):
+    """A trained channel's map beside the template ECLoss fits to it, on a few faces.
+
+    For each image: the face with the channel's map over it, the map itself, and the positive template
+    ``T+`` at the map's peak (the peak rule of the training), titled with the matching loss
+    ``1 - cos(map, T+)`` of that map (0 when the map is exactly a pyramid).
+
+    Args:
+        images: ``(N, 3, S, S)`` in [0, 1]. activations: ``(N, C, H, W)`` of those images.
+        channel: the channel shown. image_indices: the images, one row each.
+        beta, peak: the template's slope and peak rule (those the model was trained with).
+
+    Returns:
+        A plotly figure.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from ecl.losses import ecloss, find_peaks, positive_template
+
+    maps = activations[list(image_indices), channel : channel + 1].detach().cpu().float().clamp_min(0)
+    peaks = find_peaks(maps, mode=peak)
+    templates = positive_template(peaks, tuple(maps.shape[-2:]), beta=beta)
+    titles = []
+    for k, i in enumerate(image_indices):
+        loss = float(ecloss(maps[k : k + 1], beta=beta, peak=peak))
+        row, col = (float(v) for v in peaks[k, 0])
+        titles += [f"image {i}", f"channel {channel}: L_match {loss:.2f}", f"T+ at ({row:.1f}, {col:.1f})"]
+    fig = make_subplots(rows=len(image_indices), cols=3, subplot_titles=titles, horizontal_spacing=0.04)
+    for k, i in enumerate(image_indices):
+        overlay = heatmap_overlay(images[i], maps[k, 0], opacity=opacity)
+        fig.add_trace(go.Image(z=overlay, hoverinfo="skip"), row=k + 1, col=1)
+        for col, values in ((2, maps[k, 0] / maps[k, 0].max().clamp_min(1e-12)), (3, templates[k, 0])):
+            fig.add_trace(
+                go.Heatmap(z=values.numpy(), zmin=0, zmax=1, colorscale="Viridis", showscale=False,
+                           hovertemplate="row %{y}, col %{x}: %{z:.2f}<extra></extra>"),
+                row=k + 1, col=col,
+            )  # fmt: skip
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed")
+    for k in range(len(image_indices)):
+        fig.update_yaxes(autorange=None, row=k + 1, col=1)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(height=220 * len(image_indices) + 60, margin=dict(l=5, r=5, t=60, b=5), title=title)
+    return fig
