@@ -300,6 +300,13 @@ def _add_reproduce(subparsers) -> None:
         metavar="NAME",
         help=f"with --studies search: only these (of: {', '.join(repr(n) for n in SEARCH_POINTS)})",
     )
+    add(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1, as the committed results were made: on a CPU the numbers "
+        "depend on the thread count; 0 leaves torch's choice)",
+    )
     add("--redo", action="store_true", help="recompute result files that exist")
     add(
         "--summary",
@@ -344,6 +351,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
             skip_existing=not args.redo,
             ablations=args.ablations,
             points=args.points,
+            threads=args.threads or None,
         )
     except (FileNotFoundError, ValueError) as err:
         return _error(err, 1)

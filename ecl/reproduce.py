@@ -33,7 +33,7 @@ from ecl.experiments import (
     result_path,
 )
 from ecl.results import validate_result
-from ecl.utils import atomic_write_json
+from ecl.utils import atomic_write_json, torch_threads
 
 
 def _git_commit() -> str | None:
@@ -46,7 +46,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _versions() -> dict[str, str]:
+def _versions() -> dict[str, Any]:
     import numpy
     import timm
     import torch
@@ -59,6 +59,7 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "numpy": numpy.__version__,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -160,6 +161,7 @@ def run_grid(
     echo: Callable[[str], None] = print,
     ablations: Iterable[str] | None = None,
     points: Iterable[str] | None = None,
+    threads: int | None = 1,
 ) -> list[Path]:
     """Train and evaluate every (study, method, seed) of a profile; write one JSON result per run.
 
@@ -171,7 +173,9 @@ def run_grid(
     and to 0 alone for search points and ablations (one seed per point).
 
     Runs are trained through :func:`ecl.train.load_or_train`, so an interrupted grid resumes where it
-    stopped; a result file that already exists is kept (``skip_existing``).
+    stopped; a result file that already exists is kept (``skip_existing``). Everything runs with
+    ``threads`` torch CPU threads (``None``: torch's choice), recorded in each result: on a CPU the
+    numbers are exactly reproducible at the thread count they were made with (the committed ones: 1).
 
     Returns:
         The result files written or kept.
@@ -189,7 +193,13 @@ def run_grid(
     results_dir.mkdir(parents=True, exist_ok=True)
     common = dict(runs_root=runs_root, data_root=data_root, overrides=overrides, max_images=max_images,
                   device=device, skip_existing=skip_existing, echo=echo)  # fmt: skip
+    with torch_threads(threads):
+        return _run_studies(chosen, profile, methods, seeds, results_dir, ablations, points, common)
+
+
+def _run_studies(chosen, profile, methods, seeds, results_dir, ablations, points, common) -> list[Path]:
     written = []
+    runs_root, overrides, device, echo = (common[k] for k in ("runs_root", "overrides", "device", "echo"))
     for name in chosen:
         if name == "game":
             written += run_game(profile, seeds or SEEDS, runs_root=runs_root, results_dir=results_dir,

@@ -34,6 +34,7 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "split_output",
+    "torch_threads",
 ]
 
 
@@ -178,6 +179,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
     """:func:`atomic_write_text` of ``obj`` as JSON (numpy values converted), ending in a newline."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, default=json_default) + "\n")
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with this many torch CPU threads (``None``: leave them), then give back the old count.
+
+    Float sums are split over the threads, so the thread count changes the last bits of every
+    convolution on a CPU, and a training run drifts with them: a result is exactly reproducible only
+    at the thread count it was made with.
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------- RNG

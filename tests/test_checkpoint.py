@@ -222,3 +222,14 @@ def test_fit_restores_every_process_wide_setting(tmp_path):
     assert after == before
     # The global RNG continues where it was: the cells after a training run do not depend on it.
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_torch_threads_gives_back_the_thread_count():
+    from ecl.utils import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
