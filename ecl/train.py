@@ -68,7 +68,7 @@ from ecl.checkpoint import (
     run_dir_for,
     save_checkpoint,
 )
-from ecl.config import ConfigError, ExperimentConfig, save_config
+from ecl.config import ConfigError, ExperimentConfig, config_hash, save_config
 from ecl.data.factory import build_train_dataset
 from ecl.data.sampler import GlobalBatchSampler, collate_images_labels, flip_mask
 from ecl.losses import ecloss, icnn_filter_loss, sad_loss
@@ -738,7 +738,8 @@ def load_or_train(
     """The trained model of a config: loaded when a finished run of exactly this config exists.
 
     The run folder is ``<root>/<run.name>-<config_hash>`` (:func:`ecl.checkpoint.run_dir_for`), so
-    changing any key that affects the weights trains a new run. An unfinished run (interrupted, or
+    changing any key that affects the weights trains a new run. A finished run of the same config under
+    another run name (``<other name>-<config_hash>``) is loaded too. An unfinished run (interrupted, or
     stopped with ``max_steps``) is resumed.
 
     Args:
@@ -752,9 +753,19 @@ def load_or_train(
     """
     run_dir = run_dir_for(config, root)
     device = torch.device(map_location) if map_location is not None else resolve_device(config.run.device)
+    finished = _finished_checkpoint(run_dir)
+    if finished is None:
+        # The same experiment trained under another run name (names are result-neutral; the hash is not).
+        twins = (_finished_checkpoint(d) for d in sorted(Path(root).glob(f"*-{config_hash(config)}")))
+        finished = next((c for c in twins if c is not None), None)
+    if finished is not None:
+        model, _ = load_run(finished, map_location=device, config=config)
+        return model, finished.parent.parent
     ckpt = find_checkpoint(run_dir) if run_dir.exists() else None
-    if ckpt is not None and read_meta(ckpt).get("complete"):
-        model, _ = load_run(ckpt, map_location=device, config=config)
-        return model, run_dir
     result = fit(config, out_dir=run_dir, callbacks=callbacks, resume=ckpt is not None)
     return result.model.to(device).eval(), run_dir
+
+
+def _finished_checkpoint(run_dir: Path) -> Path | None:
+    ckpt = find_checkpoint(run_dir) if run_dir.is_dir() else None
+    return ckpt if ckpt is not None and read_meta(ckpt).get("complete") else None

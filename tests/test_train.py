@@ -187,6 +187,17 @@ def test_load_run_checks_the_claimed_config(uninterrupted):
         load_run(uninterrupted / "nothing-here")
 
 
+def test_load_or_train_finds_the_same_experiment_under_another_run_name(tmp_path):
+    cfg = tiny_config("optim.max_steps=2", "run.name=first")
+    _, first = load_or_train(cfg, root=tmp_path)
+    events = []
+    renamed = apply_overrides(cfg, ["run.name=second"])
+    _, again = load_or_train(renamed, root=tmp_path, callbacks=[events.append])
+    assert again == first and not events  # loaded from "first-<hash>", not trained
+    _, other = load_or_train(apply_overrides(cfg, ["optim.lr=0.01"]), root=tmp_path)
+    assert other != first
+
+
 def test_load_or_train_trains_once_per_config(tmp_path):
     cfg = tiny_config("optim.max_steps=2", "run.name=tiny")
     events = []
