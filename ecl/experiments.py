@@ -98,6 +98,11 @@ HYPOTHESES: dict[str, str] = {
         "L_match lets a channel put its blob on a different part in every image. Does a term that asks a "
         "channel to fire where the layer sees what it usually sees at its peak (L_cons) keep it on one part?"
     ),
+    "capacity": (
+        "test_resnet has 0.4 M parameters. Does a larger backbone (timm's resnet10t, 4.9 M), trained for the "
+        "same wall-clock time (96 steps, as long as the grid's 384 steps of test_resnet on this CPU), "
+        "behave otherwise?"
+    ),
     "training length": (
         "Every model so far trained for 384 steps. Do 4 and 16 times as many steps change the verdict, "
         "for the baseline and ECLoss alike?"
@@ -171,6 +176,19 @@ SEARCH_POINTS: dict[str, SearchPoint] = {
     ),
     "lambda=10 subcell beta=8 consistency=1": SearchPoint(
         "consistency", _ecloss(10, 8, "subcell", 0, "loss.consistency=1")
+    ),
+    "resnet10t baseline (same time)": SearchPoint(
+        "capacity", ("model.backbone=resnet10t", "optim.epochs=3"), method="baseline"
+    ),
+    "resnet10t original (same time)": SearchPoint(
+        "capacity",
+        (*ECLOSS_ORIGINAL, "model.backbone=resnet10t", "optim.epochs=3"),
+        reference="resnet10t baseline (same time)",
+    ),
+    "resnet10t lambda=10 centroid (same time)": SearchPoint(
+        "capacity",
+        (*_ecloss(10, 4, "centroid"), "model.backbone=resnet10t", "optim.epochs=3"),
+        reference="resnet10t baseline (same time)",
     ),
     "baseline 4x": SearchPoint("training length", ("optim.epochs=48",), method="baseline"),
     "original 4x": SearchPoint(
