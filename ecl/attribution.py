@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecl.activations import collect_activations
-from ecl.data.landmark_masks import LANDMARK_PART_NAMES, LandmarkPartMasks
+from ecl.data.landmark_masks import with_part_masks
 from ecl.metrics import PartIoUResult, landmark_assignment, part_iou_from_stats
 from ecl.utils import atomic_write_json, dataset_attr, eval_mode, json_float, model_device, split_output
 
@@ -272,9 +272,7 @@ def assign_parts(
         dataset = torch.utils.data.Subset(dataset, range(max_images))
     part_names = tuple(dataset_attr(dataset, "part_names", ()) or ())
     landmark_names = tuple(dataset_attr(dataset, "landmark_names", ()) or ())
-    probe = dataset[0]
-    if "masks" not in probe and np.asarray(probe.get("landmarks", np.zeros((0, 2)))).shape[0] == 68:
-        dataset, part_names = LandmarkPartMasks(dataset), LANDMARK_PART_NAMES
+    dataset, part_names, _ = with_part_masks(dataset, part_names)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     stats = collect_activations(
         model,

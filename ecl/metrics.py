@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecl.activations import ActivationStats, collect_activations, peak_cells, target_activations
-from ecl.data.landmark_masks import LANDMARK_PART_NAMES, LandmarkPartMasks
+from ecl.data.landmark_masks import with_part_masks
 from ecl.utils import autocast, batch_images, dataset_attr, eval_mode, json_float, model_device, progress_bar
 
 DEFAULT_SHIFTS: tuple[tuple[int, int], ...] = (
@@ -621,15 +621,7 @@ def explainability_metrics(
     """
     part_names = tuple(dataset_attr(dataset, "part_names", ()) or ())
     landmark_names = tuple(dataset_attr(dataset, "landmark_names", ()) or ())
-    probe = dataset[0]
-    num_landmarks = int(np.asarray(probe.get("landmarks", np.zeros((0, 2)))).shape[0])
-    masks_from = "dataset" if "masks" in probe else None
-    if masks_from is None and num_landmarks == 68:
-        dataset, part_names, masks_from = (
-            LandmarkPartMasks(dataset),
-            LANDMARK_PART_NAMES,
-            "68-landmark polygons",
-        )
+    dataset, part_names, masks_from = with_part_masks(dataset, part_names)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     stats = collect_activations(
         model,

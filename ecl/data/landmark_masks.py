@@ -8,6 +8,7 @@ manual labels. :class:`LandmarkPartMasks` adds them to the items of any 68-landm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,22 @@ class LandmarkPartMasks(torch.utils.data.Dataset):
         size = tuple(item["image"].shape[-2:])
         item["masks"] = torch.from_numpy(landmark_part_masks(np.asarray(item["landmarks"]), size))
         return item
+
+
+def with_part_masks(dataset: Any, part_names: Sequence[str] = ()) -> tuple[Any, tuple[str, ...], str | None]:
+    """A dataset whose items carry part masks: its own, or polygons drawn from its 68 landmarks.
+
+    Args:
+        dataset: any face dataset. part_names: the names of its own masks.
+
+    Returns:
+        ``(dataset, part_names, where the masks come from)``: ``"dataset"``, ``"68-landmark polygons"``
+        (wrapped in :class:`LandmarkPartMasks`), or ``None`` with the dataset unchanged when there are
+        neither masks nor 68 landmarks.
+    """
+    probe = dataset[0]
+    if "masks" in probe:
+        return dataset, tuple(part_names), "dataset"
+    if np.asarray(probe.get("landmarks", np.zeros((0, 2)))).shape[0] == 68:
+        return LandmarkPartMasks(dataset), LANDMARK_PART_NAMES, "68-landmark polygons"
+    return dataset, tuple(part_names), None
