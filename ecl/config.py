@@ -145,7 +145,8 @@ class LossConfig:
         consistency: weight of the part-consistency term ``L_cons`` (``ecl.losses.consistency_loss``;
             this project's choice, 0 for none).
         beta: template slope (4 in ICNN).
-        peak: peak selection, ``argmax``, ``centroid`` or ``subcell`` (see ``ecl.losses.find_peaks``).
+        peak: peak selection, ``argmax``, ``centroid``, ``subcell`` or ``anchored`` (see
+            ``ecl.losses.find_peaks``).
         tau: ICNN negative-template value, ``null`` for ``0.5 / n^2``.
         alpha: ICNN positive-template prior, ``null`` for ``n^2 / (1 + n^2)``.
     """
@@ -266,7 +267,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("faceparts", "lfw", "celeba", "folder", "orl", "casia", "vggface2", "bin"),
     "loss.identity": ("arcface", "cosface", "softmax"),
     "loss.method": ("none", "ecloss", "icnn", "sad"),
-    "loss.peak": ("argmax", "centroid", "subcell"),
+    "loss.peak": ("argmax", "centroid", "subcell", "anchored"),
     "optim.optimizer": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "constant"),
     "run.amp": ("auto", "bf16", "fp16", "off"),

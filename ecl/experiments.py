@@ -94,6 +94,12 @@ HYPOTHESES: dict[str, str] = {
         "A 14 x 14 map has 8 px cells, one per eye. Does a 28 x 28 map (layer2, 4 px cells), compared "
         "with the baseline measured at the same layer, give parts channels of their own?"
     ),
+    "own place": (
+        "The centroid rule makes detectors by pulling every channel to one shared place (the centre of "
+        "mass, on the nose), argmax and sub-cell peaks make none and pull nowhere. Does a peak at each "
+        "channel's own usual place on the face (the anchored rule) keep the consistency and spread it over "
+        "the parts?"
+    ),
     "consistency": (
         "L_match lets a channel put its blob on a different part in every image. Does a term that asks a "
         "channel to fire where the layer sees what it usually sees at its peak (L_cons) keep it on one part?"
@@ -171,6 +177,9 @@ SEARCH_POINTS: dict[str, SearchPoint] = {
         _ecloss(10, 12, "subcell", 0, "model.target_layer=layer2"),
         reference="baseline at layer2",
     ),
+    "lambda=10 anchored": SearchPoint("own place", _ecloss(10, 4, "anchored")),
+    "lambda=10 anchored beta=8": SearchPoint("own place", _ecloss(10, 8, "anchored")),
+    "lambda=10 anchored beta=12": SearchPoint("own place", _ecloss(10, 12, "anchored")),
     "lambda=10 argmax consistency=1": SearchPoint(
         "consistency", _ecloss(10, 4, "argmax", 0, "loss.consistency=1")
     ),

@@ -38,7 +38,7 @@ __all__ = [
     "sad_loss",
 ]
 
-PEAK_MODES = ("argmax", "centroid", "subcell")
+PEAK_MODES = ("argmax", "centroid", "subcell", "anchored")
 HEAD_KINDS = ("arcface", "cosface", "softmax")
 
 
@@ -133,10 +133,17 @@ def find_peaks(activations: Tensor, mode: str = "argmax") -> Tensor:
             L1 cone through the argmax and its two neighbours (exact for the template's own shape, of
             any slope); a neighbour outside the map mirrors the other one. A template at any cell, the
             border included, is its own peak: the rule has no pull in any direction.
+            ``"anchored"`` *(a choice of this project)*: the channel's usual place on the face. Each
+            image's anchor is the centre of mass of all its channels' activation (where the face is);
+            a channel's offset is the median, over the batch's images where it is active, of its
+            ``subcell`` peak minus the anchor; its peak in every image is that image's anchor plus the
+            offset. A channel that fires on the left eye in most images is asked for a blob on the left
+            eye in all of them. The centroid rule pulls every channel to one shared place (offset 0);
+            this one pulls each channel to its own. With one image it is the ``subcell`` peak.
 
     Returns:
         ``(row, column)`` per map: ``LongTensor`` for ``argmax`` and ``centroid``, floating point for
-        ``subcell``.
+        ``subcell`` and ``anchored``.
 
     Shape:
         activations ``(B, C, H, W)`` -> ``(B, C, 2)``.
@@ -152,7 +159,28 @@ def find_peaks(activations: Tensor, mode: str = "argmax") -> Tensor:
         return _centroid_peaks(flat.to(_compute_dtype(flat)).clamp_min(0).view(activations.shape), peaks)
     if mode == "subcell":
         return _subcell_peaks(flat.to(_compute_dtype(flat)).clamp_min(0), peaks, height, width)
+    if mode == "anchored":
+        return _anchored_peaks(flat.to(_compute_dtype(flat)).clamp_min(0), peaks, height, width)
     return peaks
+
+
+def _anchored_peaks(flat: Tensor, argmax: Tensor, height: int, width: int) -> Tensor:
+    """Each image's centre of activation plus each channel's median offset from it over the batch."""
+    peaks = _subcell_peaks(flat, argmax, height, width)  # (B, C, 2)
+    total = flat.sum(1).view(-1, height, width)  # (B, H, W): all channels together
+    mass = total.sum((-2, -1))
+    rows = torch.arange(height, device=flat.device, dtype=flat.dtype)
+    cols = torch.arange(width, device=flat.device, dtype=flat.dtype)
+    safe = mass.clamp_min(torch.finfo(flat.dtype).tiny)
+    anchor = torch.stack(((total.sum(-1) * rows).sum(-1) / safe, (total.sum(-2) * cols).sum(-1) / safe), -1)
+    middle = torch.tensor([(height - 1) / 2, (width - 1) / 2], device=flat.device, dtype=flat.dtype)
+    anchor = torch.where((mass > 0).unsqueeze(-1), anchor, middle)  # (B, 2)
+    active = flat.amax(-1) > 0  # (B, C)
+    offsets = torch.where(active.unsqueeze(-1), peaks - anchor.unsqueeze(1), torch.nan)
+    offset = torch.nanmedian(offsets, dim=0).values.nan_to_num(0.0)  # (C, 2)
+    anchored = anchor.unsqueeze(1) + offset.unsqueeze(0)
+    limit = torch.tensor([height - 1, width - 1], device=flat.device, dtype=flat.dtype)
+    return torch.minimum(anchored.clamp_min(0), limit)
 
 
 def peak_pull(size: tuple[int, int] = (14, 14), beta: float = 4.0, mode: str = "centroid") -> Tensor:
@@ -319,7 +347,7 @@ def ecloss(
         activations: Target-layer maps.
         beta: Template slope (ICNN's 4).
         gamma: Weight of the diversity term; 0 (the default) is the plain matching loss.
-        peak: ``"argmax"``, ``"centroid"`` or ``"subcell"``, see :func:`find_peaks`.
+        peak: ``"argmax"``, ``"centroid"``, ``"subcell"`` or ``"anchored"``, see :func:`find_peaks`.
         eps: Keeps the cosine finite; also makes a scaled template score ``~eps / ||A||^2`` above 0.
         return_parts: Also return a dict of detached 0-dim float tensors: ``"match"`` (``L_match``),
             ``"div"`` (``L_div``), ``"active"`` (fraction of active maps, to watch for silenced
@@ -371,7 +399,7 @@ class ECLoss(nn.Module):
     Args:
         beta: Template slope.
         gamma: Weight of the diversity term.
-        peak: ``"argmax"``, ``"centroid"`` or ``"subcell"`` (see :func:`find_peaks`).
+        peak: ``"argmax"``, ``"centroid"``, ``"subcell"`` or ``"anchored"`` (see :func:`find_peaks`).
         eps: Denominator guard of the cosine.
         consistency: Weight of the part-consistency term (:func:`consistency_loss`).
     """
@@ -422,7 +450,7 @@ class TemplateMask(nn.Module):
 
     Args:
         beta: Template slope.
-        peak: ``"argmax"``, ``"centroid"`` or ``"subcell"`` (see :func:`find_peaks`).
+        peak: ``"argmax"``, ``"centroid"``, ``"subcell"`` or ``"anchored"`` (see :func:`find_peaks`).
 
     Shape:
         ``(B, C, H, W)`` -> ``(B, C, H, W)``, same dtype.

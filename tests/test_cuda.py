@@ -94,7 +94,7 @@ ECLOSS_CASES = [
 
 
 def loss_and_grad(maps: torch.Tensor, device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    x = maps.to(device).requires_grad_()
+    x = maps.detach().to(device).clone().requires_grad_()
     loss = ecloss(x, **kwargs)
     loss.backward()
     return loss.detach().cpu(), x.grad.cpu()
@@ -124,7 +124,7 @@ def test_ecloss_under_bf16_autocast_stays_finite_and_close(kwargs, cuda):
 def check_ecloss_bf16(device: torch.device, **kwargs) -> None:
     maps = blob_activations()
     cpu_loss, _ = loss_and_grad(maps, torch.device("cpu"), **kwargs)
-    x = maps.to(device).bfloat16().requires_grad_()
+    x = maps.detach().to(device).bfloat16().requires_grad_()
     with torch.autocast(device.type, dtype=torch.bfloat16):
         loss = ecloss(x, **kwargs)
     loss.backward()
@@ -149,9 +149,7 @@ def check_train_steps_match(device: torch.device, method: str = "ecloss", steps:
 
     cfg = tiny_config(f"loss.method={method}", "loss.gamma=0.1" if method == "ecloss" else "loss.gamma=0")
     dataset = build_train_dataset(cfg)
-    batches = [
-        collate_images_labels([dataset[i] for i in range(k * 16, (k + 1) * 16)]) for k in range(steps)
-    ]
+    batches = [collate_images_labels([dataset[i] for i in range(k * 16, (k + 1) * 16)]) for k in range(steps)]
     runs = []
     for where in (torch.device("cpu"), device):
         torch.manual_seed(cfg.run.seed)
@@ -178,7 +176,7 @@ def check_train_steps_match(device: torch.device, method: str = "ecloss", steps:
         assert b.loss == pytest.approx(a.loss, rel=1e-4, abs=1e-5), f"step {step}"
         assert b.parts.keys() == a.parts.keys()
         for name in a.parts:
-            assert b.parts[name] == pytest.approx(a.parts[name], rel=1e-3, abs=1e-5), f"step {step}: {name}"
+            assert b.parts[name] == pytest.approx(a.parts[name], rel=1e-3, abs=1e-4), f"step {step}: {name}"
     for key, value in cpu_state.items():
         if value.is_floating_point():
             torch.testing.assert_close(dev_state[key].cpu(), value, rtol=1e-3, atol=1e-4, msg=key)

@@ -463,3 +463,23 @@ def test_peak_pull_is_the_centroids_inward_pull_on_wide_templates_only():
     for mode in ("argmax", "subcell"):
         assert peak_pull((14, 14), beta=4.0, mode=mode).abs().max().item() == 0.0
     assert peak_pull((14, 14), beta=8.0, mode="centroid").abs().max().item() == 0.0  # a small template
+
+
+def test_anchored_peak_asks_each_channel_for_its_usual_place_on_the_face():
+    # Three faces at different places; the "face" is channel 1, a wide blob; channel 0 sits 3 cells
+    # left of it in two faces and 3 cells right of it in the third.
+    faces = torch.tensor([[4.0, 4.0], [6.0, 8.0], [8.0, 5.0]])
+    eye = faces + torch.tensor([[0.0, -3.0], [0.0, -3.0], [0.0, 3.0]])
+    maps = torch.stack(
+        [positive_template(eye, (14, 14), beta=12.0), positive_template(faces, (14, 14), beta=3.0)], 1
+    )
+    peaks = find_peaks(maps, mode="anchored")
+    anchors = peaks[:, 1]  # the face channel's median offset is about 0: it sits on the anchor
+    torch.testing.assert_close(peaks[:, 0] - anchors, torch.tensor([[0.0, -3.0]] * 3), atol=0.5, rtol=0)
+    # The outlier is asked for a blob at the usual place (left of the face), not where it fired.
+    assert peaks[2, 0, 1] < faces[2, 1] - 2
+    # A batch of one: the rule is the sub-cell peak.
+    torch.testing.assert_close(find_peaks(maps[:1], mode="anchored"), find_peaks(maps[:1], mode="subcell"))
+    assert (
+        ecloss(maps[:2], beta=12.0, peak="anchored").item() < ecloss(maps, beta=12.0, peak="anchored").item()
+    )
