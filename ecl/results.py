@@ -397,6 +397,38 @@ def update_readme(
 RULE_COLUMNS = ("qualifies", "aims met", "face parts covered (jittered)", "detector spread (bits)")
 
 
+def search_table(frame, reference_study: str = "faceparts-val"):
+    """One row per search point that has results: its hypothesis, seeds, mean numbers and its reference.
+
+    The reference of a point is the baseline of ``reference_study``, or the search point it names as
+    its ``reference`` (the baseline trained and measured alike); ``reference instability`` and
+    ``reference tracking`` are left empty when the reference was measured on another map size.
+    """
+    import pandas as pd
+
+    from ecl.experiments import SEARCH_POINTS
+
+    reference = frame[(frame["study"] == reference_study) & (frame["method"] == "baseline")]
+    numbers = [c for c, _, _ in HEADLINE]
+    rows = []
+    for name, point in SEARCH_POINTS.items():
+        runs = frame[frame["study"] == f"search: {name}"]
+        if runs.empty:
+            continue
+        ref = reference if point.reference is None else frame[frame["study"] == f"search: {point.reference}"]
+        size = runs["map size"].iloc[0]
+        row = {"search point": name, "hypothesis": point.hypothesis, "method": point.method,
+               "seeds": len(runs), "map size": size, **runs[numbers].mean().to_dict()}  # fmt: skip
+        # A reference measured on another map than the point's is no reference (a wrong layer).
+        if len(ref) and set(ref["map size"]) == {size}:
+            row["reference instability"] = ref["instability (jittered)"].mean()
+            row["reference tracking"] = ref["tracking (jittered)"].mean()
+        rows.append(row)
+    columns = ["search point", "hypothesis", "method", "seeds", "map size", *numbers, "reference instability",
+               "reference tracking"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
 def select_setting(
     frame,
     points: Sequence[str] | None = None,
@@ -439,26 +471,8 @@ def select_setting(
     reference = frame[(frame["study"] == reference_study) & (frame["method"] == "baseline")]
     accuracy = reference["verification accuracy"]
     floor = accuracy.mean() - 2 * accuracy.std(ddof=1) if len(accuracy) > 1 else float("nan")
-    numbers = [c for c, _, _ in HEADLINE]
-    rows = []
-    for name in names:
-        runs = frame[frame["study"] == f"search: {name}"]
-        if runs.empty:
-            continue
-        point = SEARCH_POINTS.get(name)
-        if point is None or point.reference is None:
-            ref = reference
-        else:
-            ref = frame[frame["study"] == f"search: {point.reference}"]
-        size = runs["map size"].iloc[0]
-        row = {"search point": name, "seeds": len(runs), "map size": size, **runs[numbers].mean().to_dict()}
-        # A reference measured on another map than the point's is no reference (a wrong layer).
-        if len(ref) and set(ref["map size"]) == {size}:
-            row["reference instability"] = ref["instability (jittered)"].mean()
-            row["reference tracking"] = ref["tracking (jittered)"].mean()
-        rows.append(row)
-    columns = ["search point", "seeds", "map size", *numbers, "reference instability", "reference tracking"]
-    table = pd.DataFrame(rows, columns=columns)
+    table = search_table(frame, reference_study)
+    table = table[table["search point"].isin(names)].reset_index(drop=True)
     if table.empty:
         return None, [], table.assign(**{c: pd.Series(dtype=object) for c in (*RULE_COLUMNS, "chosen")})
     aims = pd.DataFrame({
