@@ -150,7 +150,7 @@ class ChannelHistograms:
         index = (values * scale[:, None]).long().clamp_(0, self.bins - 1)
         index += (torch.arange(self.num_channels, device=index.device) * (self.groups * self.bins))[:, None]
         ones = torch.ones(1, dtype=torch.long, device=index.device).expand(index.numel())
-        self.hist.view(-1).index_add_(0, index.view(-1), ones)
+        self.hist.view(-1).index_add_(0, index.reshape(-1), ones)
         self.hist[:, 0, 0] -= nonpositive
 
     def lower_bound(self, rank: int) -> torch.Tensor:

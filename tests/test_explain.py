@@ -512,3 +512,15 @@ def test_part_extents_measure_the_masks():
     sizes = part_extents(SquareFaces(n=5))
     assert sizes["square"] == {"height": CELL, "width": CELL, "area": CELL * CELL}
     assert sizes["corner"]["area"] == 16.0
+
+
+def test_histograms_take_channels_last_activations():
+    # A model trained with run.channels_last returns channels_last maps; the pass must not need a copy.
+    torch.manual_seed(0)
+    maps = torch.rand(4, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    values = maps.transpose(0, 1).reshape(3, -1)
+    assert not values.is_contiguous()
+    hist, plain = ChannelHistograms(3), ChannelHistograms(3)
+    hist.update(values)
+    plain.update(values.contiguous())
+    assert torch.equal(hist.hist, plain.hist)
