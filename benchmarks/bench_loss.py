@@ -1,6 +1,7 @@
 """How much ECLoss adds to a training step, and how much faster the vectorised loss is than a loop.
 
-Run: ``python benchmarks/bench_loss.py [--quick] [--device cpu|cuda] [--backbone NAME] [--batch-size N]``.
+Run: ``python benchmarks/bench_loss.py [--quick] [--device cpu|cuda] [--backbone NAME] [--batch-size N]
+[--json FILE]``.
 
 1. Training step (forward + backward of model, ArcFace head and loss) with and without ECLoss, on the
    default face model (face stem, 112 x 112, target layer of about 14 x 14). The two variants are
@@ -11,12 +12,15 @@ Run: ``python benchmarks/bench_loss.py [--quick] [--device cpu|cuda] [--backbone
    per-map Python loop for ECLoss (the same formula, one map at a time).
 
 ``--quick`` shrinks everything to finish in well under 30 s on 2 CPU cores (a smoke run, not a
-measurement).
+measurement). ``--json FILE`` also writes every number printed, with the device name and the torch and
+CUDA versions, as one JSON object (``benchmarks/gpu_check.sh`` collects it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
 import sys
 import time
@@ -62,7 +66,29 @@ def naive_ecloss(activations: torch.Tensor, beta: float = 4.0, eps: float = 1e-6
     return torch.stack(terms).mean() if terms else activations.sum() * 0
 
 
-def bench_step(args, device: torch.device) -> float:
+def environment(device: torch.device) -> dict:
+    """Where the numbers were measured: device name, torch / CUDA / cuDNN versions, threads."""
+    env = {
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        ),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        import timm
+
+        env["timm"] = timm.__version__
+    except ImportError:  # pragma: no cover - timm is a dependency of ecl.models
+        env["timm"] = None
+    return env
+
+
+def bench_step(args, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = create_face_model(args.backbone, image_size=args.image_size).to(device).train()
     head = make_head("arcface", model.embedding_dim, 1000).to(device)
@@ -97,6 +123,25 @@ def bench_step(args, device: torch.device) -> float:
     median_base, median_loss = statistics.median(base), statistics.median(with_loss)
     ratio = statistics.median(ratios)
     goal = 1.03 if device.type == "cuda" else 1.05
+    result = {
+        "backbone": args.backbone,
+        "target_layer": model.target_layer,
+        "target_shape": [model.num_channels, *model.target_size],
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "amp": args.amp,
+        "repeats": args.repeats,
+        "ms_without_ecloss_median": median_base * 1e3,
+        "ms_without_ecloss_min": min(base) * 1e3,
+        "ms_with_ecloss_median": median_loss * 1e3,
+        "ms_with_ecloss_min": min(with_loss) * 1e3,
+        "ratio_median_of_pairs": ratio,
+        "ratio_of_medians": median_loss / median_base,
+        "goal": goal,
+        "goal_met": ratio <= goal,
+    }
+    if device.type == "cuda":
+        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     print(f"  without ECLoss: median {median_base * 1e3:9.1f} ms/step  (min {min(base) * 1e3:.1f})")
     print(f"  with ECLoss:    median {median_loss * 1e3:9.1f} ms/step  (min {min(with_loss) * 1e3:.1f})")
     print(
@@ -104,10 +149,10 @@ def bench_step(args, device: torch.device) -> float:
         f"(goal <= {goal:.2f}: {'met' if ratio <= goal else 'NOT met'}); "
         f"ratio of medians {median_loss / median_base:.3f}"
     )
-    return median_base
+    return result
 
 
-def bench_overhead(args, device: torch.device, step_time: float) -> None:
+def bench_overhead(args, device: torch.device, step_time: float) -> dict:
     # On a noisy machine the step ratio wobbles by more than the loss costs; the loss's own
     # forward + backward on the real target activations, over the step time, is the direct estimate.
     torch.manual_seed(0)
@@ -127,9 +172,15 @@ def bench_overhead(args, device: torch.device, step_time: float) -> None:
         f"  ECLoss alone on these activations ({tuple(acts.shape)}, {acts.dtype}): {alone * 1e3:.2f} ms "
         f"= {100 * alone / step_time:.2f}% of the step without it (direct overhead estimate)"
     )
+    return {
+        "activations_shape": list(acts.shape),
+        "activations_dtype": str(acts.dtype),
+        "ecloss_alone_ms": alone * 1e3,
+        "percent_of_step_without_ecloss": 100 * alone / step_time,
+    }
 
 
-def bench_losses(args, device: torch.device) -> None:
+def bench_losses(args, device: torch.device) -> dict:
     model = create_face_model(args.backbone, image_size=args.image_size)
     channels, (height, width) = model.num_channels, model.target_size
     del model
@@ -163,6 +214,14 @@ def bench_losses(args, device: torch.device) -> None:
         f"vs vectorised {vectorised * 1e3:.2f} ms "
         f"({naive / vectorised:.0f}x faster; same value)"
     )
+    return {
+        "activations_shape": list(acts.shape),
+        "ms": {name: seconds * 1e3 for name, seconds in results.items()},
+        "naive_shape": list(sub.shape),
+        "naive_loop_ms": naive * 1e3,
+        "vectorised_ms": vectorised * 1e3,
+        "speedup": naive / vectorised,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=None, help="interleaved pairs of training steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     device = torch.device(
@@ -197,11 +257,26 @@ def main(argv: list[str] | None = None) -> None:
         args.naive_batch, args.naive_channels, args.backbone = 1, 32, "resnet18"
     if gpu:
         torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    step_time = bench_step(args, device)
-    bench_overhead(args, device, step_time)
-    bench_losses(args, device)
-    print(f"total {time.perf_counter() - start:.1f} s")
+    step = bench_step(args, device)
+    overhead = bench_overhead(args, device, step["ms_without_ecloss_median"] / 1e3)
+    losses = bench_losses(args, device)
+    seconds = time.perf_counter() - start
+    print(f"total {seconds:.1f} s")
+    if args.json:
+        record = {
+            "benchmark": "bench_loss",
+            "quick": args.quick,
+            "env": environment(device),
+            "step": step,
+            "overhead": overhead,
+            "losses": losses,
+            "seconds": seconds,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -302,9 +302,14 @@ GAME_SIZES = {
 }
 
 
-def result_path(results_dir: str | Path, study: str, method: str, seed: int) -> Path:
-    """Where the result of one run lives: ``<results_dir>/<study>-<method>-seed<k>.json``."""
-    return Path(results_dir) / f"{study}-{method}-seed{seed}.json"
+def result_path(results_dir: str | Path, study: str, method: str, seed: int, profile: str = "quick") -> Path:
+    """Where the result of one run lives: ``<results_dir>/<study>-<method>-seed<k>.json``.
+
+    Results of another profile than ``quick`` carry its name (``...-seed<k>-full.json``), so the GPU grid
+    never overwrites the CPU one.
+    """
+    suffix = "" if profile == "quick" else f"-{profile}"
+    return Path(results_dir) / f"{study}-{method}-seed{seed}{suffix}.json"
 
 
 def ablation_slug(name: str) -> str:

@@ -210,7 +210,7 @@ def _run_studies(chosen, profile, methods, seeds, results_dir, ablations, points
         else:
             for seed in seeds or SEEDS:
                 for method in methods:
-                    path = result_path(results_dir, name, method, seed)
+                    path = result_path(results_dir, name, method, seed, profile)
                     written.append(
                         _run_and_save(
                             path, (name, PROFILES[profile][name], method, seed, profile), {}, **common
@@ -255,7 +255,7 @@ def _run_points(
         else:
             method, extra, layer = "ecloss", (*ECLOSS_ORIGINAL, *table[name]), None
             info = {"ablation": {"name": name, "overrides": list(table[name])}}
-        path = result_path(results_dir, f"{prefix}_{ablation_slug(name)}", method, seed)
+        path = result_path(results_dir, f"{prefix}_{ablation_slug(name)}", method, seed, profile)
         run = (f"{prefix}: {name}", study, method, seed, profile)
         kwargs = {**common, "overrides": [*common["overrides"], *extra], "measure_layer": layer}
         written.append(_run_and_save(path, run, info, **kwargs))

@@ -153,8 +153,10 @@ def results_frame(records: Sequence[dict[str, Any]], source: str = "evaluation")
         if evaluation is None:
             continue
         map_size = _dig(evaluation, ("explainability", "jittered", "map_size"))
+        profile = record.get("profile", "quick")
         row = {
-            "study": record["study"],
+            # Another profile's runs (the GPU grid) are a study of their own, never averaged with the CPU's.
+            "study": record["study"] if profile == "quick" else f"{record['study']} ({profile})",
             "method": record["method"],
             "seed": record["seed"],
             "split": evaluation.get("split") or record.get("split") or "",

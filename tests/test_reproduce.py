@@ -234,3 +234,13 @@ def test_grid_seeds_default_to_three_and_ablations_to_one(tmp_path, monkeypatch)
         ("ablation: lambda=10", "ecloss", 0),
         ("search: baseline at layer2", "baseline", 0),
     ]
+
+
+def test_another_profile_gets_its_own_files_and_rows(tmp_path):
+    assert result_path(tmp_path, "faceparts", "ecloss", 0, "full").name == "faceparts-ecloss-seed0-full.json"
+    result_path(tmp_path, "faceparts", "ecloss", 0).write_text(json.dumps(_record("ecloss", 0)))
+    result_path(tmp_path, "faceparts", "ecloss", 0, "full").write_text(
+        json.dumps({**_record("ecloss", 0, accuracy=0.99), "profile": "full"})
+    )
+    frame = results_frame(load_results(tmp_path))
+    assert sorted(frame["study"]) == ["faceparts", "faceparts (full)"]
