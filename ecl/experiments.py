@@ -98,7 +98,8 @@ HYPOTHESES: dict[str, str] = {
         "The centroid rule makes detectors by pulling every channel to one shared place (the centre of "
         "mass, on the nose), argmax and sub-cell peaks make none and pull nowhere. Does a peak at each "
         "channel's own usual place on the face (the anchored rule) keep the consistency and spread it over "
-        "the parts?"
+        "the parts, alone, with a part-sized template, with the diversity term (which pushes the channels "
+        "of one image apart), or on the 28 x 28 map?"
     ),
     "consistency": (
         "L_match lets a channel put its blob on a different part in every image. Does a term that asks a "
@@ -180,6 +181,13 @@ SEARCH_POINTS: dict[str, SearchPoint] = {
     "lambda=10 anchored": SearchPoint("own place", _ecloss(10, 4, "anchored")),
     "lambda=10 anchored beta=8": SearchPoint("own place", _ecloss(10, 8, "anchored")),
     "lambda=10 anchored beta=12": SearchPoint("own place", _ecloss(10, 12, "anchored")),
+    "lambda=10 anchored gamma=0.1": SearchPoint("own place", _ecloss(10, 4, "anchored", 0.1)),
+    "lambda=10 anchored beta=8 gamma=0.1": SearchPoint("own place", _ecloss(10, 8, "anchored", 0.1)),
+    "layer2 lambda=10 anchored beta=8": SearchPoint(
+        "own place",
+        _ecloss(10, 8, "anchored", 0, "model.target_layer=layer2"),
+        reference="baseline at layer2",
+    ),
     "lambda=10 argmax consistency=1": SearchPoint(
         "consistency", _ecloss(10, 4, "argmax", 0, "loss.consistency=1")
     ),
