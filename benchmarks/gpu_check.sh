@@ -640,7 +640,7 @@ run_grid() {
     fi
     for s in "${SEEDS[@]}"; do
         for m in "${METHODS[@]}"; do
-            name="faceparts-$m-seed$s.json"
+            name="faceparts-$m-seed$s-full.json"
             result="$RESULTS/$name"
             if [ -f "$result" ]; then
                 say "grid: $name is there from an earlier call: kept"

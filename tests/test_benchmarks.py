@@ -98,7 +98,7 @@ def test_gpu_check_dry_run_writes_its_records(tmp_path):
     assert [(r["method"], r["seed"]) for r in grid["runs"]] == [("baseline", 0), ("ecloss", 0)]
     assert grid["completed"] == grid["planned"] == 2, grid["runs"]
     assert all(r["status"].startswith("ok") for r in grid["runs"])
-    assert set(grid["results"]) == {"faceparts-baseline-seed0.json", "faceparts-ecloss-seed0.json"}
+    assert set(grid["results"]) == {"faceparts-baseline-seed0-full.json", "faceparts-ecloss-seed0-full.json"}
     assert all(record["profile"] == "full" for record in grid["results"].values())
     with tarfile.open(out / "faceparts_full_results.tar.gz") as tar:
         assert sorted(tar.getnames()) == sorted(grid["results"])
