@@ -102,7 +102,7 @@ class ModelConfig:
         backbone: a timm model name (``resnet18``, ``resnet50``, ``resnet10t`` ...).
         embedding_dim: size D of the face embedding.
         target_layer: name of the target layer (see ``FaceModel.layer_names()``); ``null``
-            picks the model's default (a map of about 14 x 14 at 112 x 112).
+            picks the model's default (a map of about 28 x 28 at 112 x 112).
         face_stem: replace the ImageNet stem by a face-recognition stem (stride 2 less).
         output_stride: timm ``output_stride`` (8, 16 or 32), ``null`` for the default.
         dropout: dropout before the embedding layer.
@@ -144,7 +144,7 @@ class LossConfig:
         gamma: weight of the diversity term ``L_div``.
         consistency: weight of the part-consistency term ``L_cons`` (``ecl.losses.consistency_loss``;
             this project's choice, 0 for none).
-        beta: template slope (4 in ICNN).
+        beta: template slope (8 by default; 4 in ICNN).
         peak: peak selection, ``argmax``, ``centroid``, ``subcell`` or ``anchored`` (see
             ``ecl.losses.find_peaks``).
         tau: ICNN negative-template value, ``null`` for ``0.5 / n^2``.
@@ -155,11 +155,12 @@ class LossConfig:
     s: float = 64.0
     margin: float | None = None
     method: str = "ecloss"
-    lambda_: float = 1.0
+    # ECLoss's default setting (ecl.losses.DEFAULT_WEIGHT, DEFAULT_BETA, DEFAULT_PEAK; a test checks).
+    lambda_: float = 10.0
     gamma: float = 0.0
     consistency: float = 0.0
-    beta: float = 4.0
-    peak: str = "argmax"
+    beta: float = 8.0
+    peak: str = "anchored"
     tau: float | None = None
     alpha: float | None = None
 

@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "DEFAULT_BETA",
+    "DEFAULT_PEAK",
+    "DEFAULT_WEIGHT",
     "ECLoss",
     "MarginHead",
     "TemplateMask",
@@ -39,6 +42,16 @@ __all__ = [
 ]
 
 PEAK_MODES = ("argmax", "centroid", "subcell", "anchored")
+
+#: ECLoss's default setting, chosen on the FaceParts validation split by the rule of METHOD section 9 (the
+#: book's search chapter): a part-sized template (beta = 8: 14 px from the peak at 112 px), each channel's
+#: usual place on the face as its peak (``anchored``), no diversity or consistency term, on a 28 x 28 map
+#: (``ecl.models`` taps the map closest to 28 x 28 by default). The reconstruction's original setting was
+#: beta = 4 with argmax peaks on a 14 x 14 map.
+DEFAULT_BETA = 8.0
+DEFAULT_PEAK = "anchored"
+#: The weight lambda the default setting was chosen with: train with ``L_id + DEFAULT_WEIGHT * ecloss(A)``.
+DEFAULT_WEIGHT = 10.0
 HEAD_KINDS = ("arcface", "cosface", "softmax")
 
 
@@ -320,9 +333,9 @@ def consistency_loss(activations: Tensor) -> Tensor:
 
 def ecloss(
     activations: Tensor,
-    beta: float = 4.0,
+    beta: float = DEFAULT_BETA,
     gamma: float = 0.0,
-    peak: str = "argmax",
+    peak: str = DEFAULT_PEAK,
     eps: float = 1e-6,
     return_parts: bool = False,
     consistency: float = 0.0,
@@ -345,7 +358,7 @@ def ecloss(
 
     Args:
         activations: Target-layer maps.
-        beta: Template slope (ICNN's 4).
+        beta: Template slope (default 8, a part-sized template; ICNN's value is 4).
         gamma: Weight of the diversity term; 0 (the default) is the plain matching loss.
         peak: ``"argmax"``, ``"centroid"``, ``"subcell"`` or ``"anchored"``, see :func:`find_peaks`.
         eps: Keeps the cosine finite; also makes a scaled template score ``~eps / ||A||^2`` above 0.
@@ -406,9 +419,9 @@ class ECLoss(nn.Module):
 
     def __init__(
         self,
-        beta: float = 4.0,
+        beta: float = DEFAULT_BETA,
         gamma: float = 0.0,
-        peak: str = "argmax",
+        peak: str = DEFAULT_PEAK,
         eps: float = 1e-6,
         consistency: float = 0.0,
     ) -> None:

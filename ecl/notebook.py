@@ -85,7 +85,7 @@ def chapter_models(
     (:func:`ecl.train.load_or_train`), so every chapter that asks for the same method and seed shares it.
 
     Args:
-        profile: ``"quick"`` (``configs/faceparts-quick.yaml``) or ``"full"`` (``faceparts-full.yaml``).
+        profile: ``"quick"`` (the CPU grid's preset, :data:`ecl.experiments.BOOK_PRESETS`) or ``"full"``.
         methods: names of :data:`ecl.experiments.METHODS`.
         seed: the run seed.
         runs_root: folder of the run folders.
@@ -96,10 +96,10 @@ def chapter_models(
         ``(models, run_dirs)``, both keyed by method; the models in eval mode.
     """
     from ecl.config import load_config
-    from ecl.experiments import REPO, method_config
+    from ecl.experiments import BOOK_PRESETS, REPO, method_config
     from ecl.train import load_or_train
 
-    preset = load_config(REPO / "configs" / f"faceparts-{profile}.yaml")
+    preset = load_config(REPO / BOOK_PRESETS[profile])
     models, run_dirs = {}, {}
     for method in methods:
         config = method_config(preset, method, seed=seed)

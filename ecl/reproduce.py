@@ -21,11 +21,13 @@ from ecl.experiments import (
     DEFAULT_STUDIES,
     ECLOSS_ORIGINAL,
     GAME_SIZES,
+    MEASURE_LAYER,
     METHODS,
     PROFILES,
     REPO,
     SCHEMA,
     SEARCH_POINTS,
+    SEARCH_PRESET,
     SEEDS,
     Study,
     ablation_slug,
@@ -211,11 +213,9 @@ def _run_studies(chosen, profile, methods, seeds, results_dir, ablations, points
             for seed in seeds or SEEDS:
                 for method in methods:
                     path = result_path(results_dir, name, method, seed, profile)
-                    written.append(
-                        _run_and_save(
-                            path, (name, PROFILES[profile][name], method, seed, profile), {}, **common
-                        )
-                    )
+                    run = (name, PROFILES[profile][name], method, seed, profile)
+                    layer = MEASURE_LAYER.get(method)
+                    written.append(_run_and_save(path, run, {}, **common, measure_layer=layer))
     return written
 
 
@@ -243,7 +243,8 @@ def _run_points(
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown {kind} points {unknown}: choose from {list(table)}")
-    study = PROFILES[profile]["faceparts-val" if kind == "search" else "faceparts"]
+    # Both ran on the frozen search preset; the search on validation faces, the screening on test faces.
+    study = PROFILES[profile]["faceparts-val"] if kind == "search" else Study(SEARCH_PRESET, "faceparts")
     prefix = "search" if kind == "search" else "ablation"
     written = []
     for seed, name in ((seed, name) for seed in seeds for name in names):
@@ -265,7 +266,7 @@ def _run_points(
 def run_game(
     profile: str = "quick",
     seeds: Iterable[int] = SEEDS,
-    methods: Sequence[str] = ("baseline", "ecloss", "ecloss-tuned"),
+    methods: Sequence[str] = ("baseline", "ecloss", "ecloss-original"),
     runs_root: str | Path = "runs",
     results_dir: str | Path = "book/results",
     overrides: Sequence[str] = (),

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ecl.experiments import DEFAULT_STUDIES, METHODS, REPO, SCHEMA, method_label
+from ecl.experiments import DEFAULT_STUDIES, METHODS, REFERENCE, REPO, SCHEMA, method_label
 
 #: Top-level keys every result file has, and the type each must have.
 _REQUIRED = {
@@ -294,15 +294,17 @@ def claim_sentences(
     frame, studies: Iterable[str] | None = None, methods: Iterable[str] | None = None
 ) -> list[str]:
     """:func:`claim_sentence` for every study (default: all in ``frame``) and ECLoss variant of
-    :data:`METHODS` (default: all of them) that has runs of its own and of the baseline."""
+    :data:`METHODS` (default: all of them) that has runs of its own and of its baseline (the one trained
+    and measured alike, :data:`ecl.experiments.REFERENCE`)."""
     studies = sorted(set(frame["study"])) if studies is None else list(studies)
     methods = [m for m in METHODS if m.startswith("ecloss")] if methods is None else list(methods)
     sentences = []
     for study in studies:
         for method in methods:
-            table = compare_methods(frame, study, method=method)
+            against = REFERENCE.get(method, "baseline")
+            table = compare_methods(frame, study, method=method, against=against)
             if not table.empty:
-                sentences.append(claim_sentence(table, study, method=method))
+                sentences.append(claim_sentence(table, study, method=method, against=against))
     return sentences
 
 

@@ -23,6 +23,11 @@ from ecl.losses import (
 )
 
 
+def original(activations: torch.Tensor, **kwargs):
+    """ECLoss with the original setting (beta 4, argmax peaks), which the hand-computed values assume."""
+    return ecloss(activations, **{"beta": 4.0, "peak": "argmax", **kwargs})
+
+
 def naive_ecloss(activations: torch.Tensor, beta: float = 4.0, eps: float = 1e-6) -> torch.Tensor:
     """METHOD section 4 written as a loop over maps and cells (the reference the vectorised loss must
     equal)."""
@@ -103,19 +108,19 @@ def test_find_peaks_argmax_first_on_ties_and_centroid():
 def test_ecloss_is_zero_for_scaled_templates_in_any_shape():
     peaks = torch.tensor([[[0, 0], [2, 5], [4, 1]], [[3, 3], [1, 6], [4, 6]]])
     maps = positive_template(peaks, (5, 7)) * torch.tensor([0.5, 3.0, 100.0]).view(1, 3, 1, 1)
-    assert ecloss(maps).item() == pytest.approx(0.0, abs=1e-5)
+    assert original(maps).item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_ecloss_in_unit_interval_and_scale_invariant():
     torch.manual_seed(0)
     a = torch.rand(3, 4, 6, 5)
-    loss = ecloss(a)
+    loss = original(a)
     assert 0.0 < loss.item() <= 1.0
     scaled = a * torch.tensor([0.1, 1.0, 7.0, 1000.0]).view(1, 4, 1, 1)
-    assert ecloss(scaled).item() == pytest.approx(loss.item(), abs=1e-5)
+    assert original(scaled).item() == pytest.approx(loss.item(), abs=1e-5)
     # A map orthogonal to its template cannot exist (the peak is inside), but a flat map is far from it.
     flat = torch.ones(1, 1, 9, 9)
-    assert 0.5 < ecloss(flat).item() <= 1.0
+    assert 0.5 < original(flat).item() <= 1.0
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 5), (3, 2, 4, 7), (1, 4, 1, 6)])
@@ -123,7 +128,7 @@ def test_ecloss_equals_naive_loop(shape):
     torch.manual_seed(1)
     a = torch.randn(*shape, dtype=torch.float64).relu()  # includes zeros and some dead maps
     a[0, 0] = 0.0
-    torch.testing.assert_close(ecloss(a), naive_ecloss(a))
+    torch.testing.assert_close(original(a), naive_ecloss(a))
 
 
 def test_ecloss_dead_maps_are_excluded_and_all_dead_gives_zero_with_gradient():
@@ -131,14 +136,14 @@ def test_ecloss_dead_maps_are_excluded_and_all_dead_gives_zero_with_gradient():
     a = torch.rand(2, 3, 4, 4)
     b = a.clone()
     b[:, 1] = 0.0
-    torch.testing.assert_close(ecloss(b), naive_ecloss(b))
+    torch.testing.assert_close(original(b), naive_ecloss(b))
     dead = torch.zeros(2, 3, 4, 4, requires_grad=True)
-    loss = ecloss(dead, gamma=0.5)
+    loss = original(dead, gamma=0.5)
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(dead.grad, torch.zeros_like(dead))
     negative = (-torch.rand(1, 2, 3, 3)).requires_grad_()
-    loss = ecloss(negative)
+    loss = original(negative)
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(negative.grad).all()
 
@@ -147,10 +152,10 @@ def test_ecloss_gradients_finite_and_gradcheck():
     torch.manual_seed(3)
     # Distinct positive values keep the argmax away from ties (the peak is piecewise constant).
     a = (torch.rand(2, 3, 4, 5, dtype=torch.float64) + 0.1).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: ecloss(x), (a,))
-    assert torch.autograd.gradcheck(lambda x: ecloss(x, gamma=0.3, peak="centroid"), (a,))
+    assert torch.autograd.gradcheck(lambda x: original(x), (a,))
+    assert torch.autograd.gradcheck(lambda x: original(x, gamma=0.3, peak="centroid"), (a,))
     b = torch.rand(2, 3, 4, 5, requires_grad=True)
-    ecloss(b, gamma=1.0).backward()
+    original(b, gamma=1.0).backward()
     assert torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
 
 
@@ -158,10 +163,10 @@ def test_ecloss_gradient_pulls_towards_the_template():
     # One step of gradient descent on a noisy blob lowers the loss.
     t = positive_template(torch.tensor([[[2, 3]]]), (6, 6))
     a = (t + 0.3 * torch.rand(1, 1, 6, 6)).requires_grad_()
-    loss = ecloss(a)
+    loss = original(a)
     loss.backward()
     with torch.no_grad():
-        after = ecloss(a - 0.5 * a.grad / a.grad.norm())
+        after = original(a - 0.5 * a.grad / a.grad.norm())
     assert after < loss
 
 
@@ -170,14 +175,14 @@ def test_ecloss_diversity_term_and_parts():
     a = torch.rand(3, 4, 5, 5)
     a[1, 2:] = 0.0
     a[2, 1:] = 0.0  # only one active map: no pair, excluded from the mean
-    loss, parts = ecloss(a, gamma=0.25, return_parts=True)
+    loss, parts = original(a, gamma=0.25, return_parts=True)
     torch.testing.assert_close(parts["div"], naive_div(a))
     torch.testing.assert_close(parts["match"], naive_ecloss(a))
     torch.testing.assert_close(loss, parts["match"] + 0.25 * parts["div"])
     assert parts["active"].item() == pytest.approx(7 / 12)
     assert not parts["match"].requires_grad
     torch.testing.assert_close(sad_loss(a), naive_div(a))
-    _, parts0 = ecloss(a, return_parts=True)  # gamma = 0 still reports the diversity
+    _, parts0 = original(a, return_parts=True)  # gamma = 0 still reports the diversity
     torch.testing.assert_close(parts0["div"], parts["div"])
     # Channels peaking at disjoint places do not overlap at all.
     disjoint = positive_template(torch.tensor([[[0, 0], [7, 7]]]), (8, 8))
@@ -188,30 +193,30 @@ def test_ecloss_module_holds_hyperparameters():
     torch.manual_seed(5)
     a = torch.rand(2, 3, 5, 5)
     module = ECLoss(beta=2.0, gamma=0.1, peak="centroid")
-    torch.testing.assert_close(module(a), ecloss(a, beta=2.0, gamma=0.1, peak="centroid"))
+    torch.testing.assert_close(module(a), original(a, beta=2.0, gamma=0.1, peak="centroid"))
     assert len(list(module.parameters())) == 0
     with pytest.raises(ValueError, match="peak"):
         ECLoss(peak="max")
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        ecloss(torch.rand(3, 5, 5))
+        original(torch.rand(3, 5, 5))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_ecloss_low_precision_inputs_and_autocast(dtype):
     torch.manual_seed(6)
     a = torch.rand(2, 3, 6, 6) * 300  # squared norms would overflow fp16 without the float32 cast
-    reference = ecloss(a)
+    reference = original(a)
     low = a.to(dtype).requires_grad_()
-    loss = ecloss(low, gamma=0.1)
+    loss = original(low, gamma=0.1)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert loss.item() == pytest.approx(ecloss(a.to(dtype).float(), gamma=0.1).item(), abs=1e-5)
+    assert loss.item() == pytest.approx(original(a.to(dtype).float(), gamma=0.1).item(), abs=1e-5)
     loss.backward()
     assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv = torch.nn.Conv2d(3, 3, 1)
         mapped = conv(a)
         assert mapped.dtype == torch.bfloat16
-        loss = ecloss(mapped.relu(), gamma=0.1)
+        loss = original(mapped.relu(), gamma=0.1)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert 0 <= reference.item() <= 1
 
@@ -359,14 +364,14 @@ def test_ecloss_properties_on_random_shapes():
     def check(shape, scale, seed):
         generator = torch.Generator().manual_seed(seed)
         a = torch.randn(*shape, generator=generator, dtype=torch.float64).relu()
-        loss = ecloss(a)
+        loss = original(a)
         assert 0.0 <= loss.item() <= 1.0
         # Scale invariance holds up to the eps in the denominator: each map's term moves by at most
         # eps / (||A|| ||T+||) <= eps / ||A||, which matters only for nearly dead maps.
         norms = a.flatten(2).norm(dim=-1)
         smallest = norms[norms > 0].min().item() * min(scale, 1.0) if (norms > 0).any() else 1.0
         tolerance = 2e-6 / smallest + 1e-9
-        assert abs(ecloss(a * scale).item() - loss.item()) <= tolerance
+        assert abs(original(a * scale).item() - loss.item()) <= tolerance
         torch.testing.assert_close(loss, naive_ecloss(a))
 
     check()
@@ -400,7 +405,7 @@ def test_subcell_ecloss_gradient_holds_the_peaks_fixed():
     flat_a, flat_t = a.flatten(2), template.flatten(2)
     by_hand = (1 - (flat_a * flat_t).sum(-1) / (flat_a.norm(dim=-1) * flat_t.norm(dim=-1) + 1e-6)).mean()
     (expected,) = torch.autograd.grad(by_hand, a)
-    (actual,) = torch.autograd.grad(ecloss(a, peak="subcell"), a)
+    (actual,) = torch.autograd.grad(ecloss(a, beta=4.0, peak="subcell"), a)
     torch.testing.assert_close(actual, expected)
 
 
@@ -483,3 +488,52 @@ def test_anchored_peak_asks_each_channel_for_its_usual_place_on_the_face():
     assert (
         ecloss(maps[:2], beta=12.0, peak="anchored").item() < ecloss(maps, beta=12.0, peak="anchored").item()
     )
+
+
+def test_the_defaults_are_the_setting_chosen_on_validation_everywhere(repo_root):
+    import inspect
+
+    from ecl.config import LossConfig, load_config
+    from ecl.experiments import METHODS, SEARCH_POINTS, method_config
+    from ecl.losses import DEFAULT_BETA, DEFAULT_PEAK, DEFAULT_WEIGHT, ECLoss
+
+    defaults = inspect.signature(ecloss).parameters
+    assert (defaults["beta"].default, defaults["peak"].default, defaults["gamma"].default) == (
+        8.0,
+        "anchored",
+        0.0,
+    )
+    assert (DEFAULT_BETA, DEFAULT_PEAK, DEFAULT_WEIGHT) == (8.0, "anchored", 10.0)
+    module = ECLoss()
+    assert (module.beta, module.peak, module.gamma, module.consistency) == (8.0, "anchored", 0.0, 0.0)
+    config = LossConfig()
+    assert (config.lambda_, config.beta, config.peak, config.gamma) == (
+        DEFAULT_WEIGHT,
+        DEFAULT_BETA,
+        DEFAULT_PEAK,
+        0.0,
+    )
+    chosen = SEARCH_POINTS["layer2 lambda=10 anchored beta=8"].overrides
+    for name in ("faceparts-quick", "faceparts-grid", "faceparts-full", "lfw-quick", "lfw-full", "casia-r50"):
+        preset = load_config(repo_root / "configs" / f"{name}.yaml")
+        loss = method_config(preset, "ecloss").loss
+        assert (loss.lambda_, loss.beta, loss.peak, loss.gamma, loss.consistency) == (
+            10.0,
+            8.0,
+            "anchored",
+            0.0,
+            0.0,
+        )
+        assert preset.model.target_layer == "layer2", name
+    grid = load_config(repo_root / "configs" / "faceparts-grid.yaml")
+    from ecl.config import apply_overrides, config_hash
+
+    searched = method_config(
+        apply_overrides(load_config(repo_root / "configs" / "faceparts-search.yaml"), chosen), "ecloss"
+    )
+    assert config_hash(method_config(grid, "ecloss")) == config_hash(
+        searched
+    )  # the grid's ECLoss is the choice
+    original = method_config(grid, "ecloss-original")
+    assert (original.loss.lambda_, original.loss.beta, original.loss.peak) == (1.0, 4.0, "argmax")
+    assert original.model.target_layer == "layer3" and "ecloss-original" in METHODS

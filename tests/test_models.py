@@ -17,9 +17,9 @@ def resnet():
     return create_face_model("resnet18", embedding_dim=32)
 
 
-def test_default_resnet_taps_layer3_at_14x14(resnet):
-    assert resnet.target_layer == "layer3"
-    assert resnet.num_channels == 256 and resnet.target_size == (14, 14)
+def test_default_resnet_taps_layer2_at_28x28(resnet):
+    assert resnet.target_layer == "layer2"
+    assert resnet.num_channels == 128 and resnet.target_size == (28, 28)
     assert resnet.feature_shape == (512, 7, 7)  # face stem: last stage 7 x 7, not 4 x 4
     shapes = resnet.layer_shapes()
     assert shapes["layer1"] == (64, 56, 56) and shapes["layer4"] == (512, 7, 7)
@@ -36,7 +36,7 @@ def test_forward_returns_embeddings_and_post_relu_activations_in_one_pass(resnet
     finally:
         handle.remove()
     assert isinstance(out, FaceOutput) and len(calls) == 1
-    assert out.embeddings.shape == (2, 32) and out.activations.shape == (2, 256, 14, 14)
+    assert out.embeddings.shape == (2, 32) and out.activations.shape == (2, 128, 28, 28)
     assert (out.activations >= 0).all()
     loss = ecloss(out.activations) + out.embeddings.pow(2).mean()
     loss.backward()
@@ -78,8 +78,10 @@ def test_target_layer_by_name_and_errors(resnet):
 def test_without_face_stem_and_with_output_stride():
     plain = create_face_model("resnet18", face_stem=False, target_layer="layer4", embedding_dim=8)
     assert plain.target_size == (4, 4)
-    dilated = create_face_model("resnet18", face_stem=False, output_stride=8, embedding_dim=8, pooling="avg")
-    assert dilated.target_layer == "layer4" and dilated.target_size == (14, 14)
+    dilated = create_face_model(
+        "resnet18", face_stem=False, output_stride=8, embedding_dim=8, pooling="avg", target_layer="layer4"
+    )
+    assert dilated.target_size == (14, 14)
     out = dilated(torch.rand(2, 3, 96, 96))  # avg pooling: any input size
     assert out.embeddings.shape == (2, 8) and out.activations.shape == (2, 512, 12, 12)
 
@@ -87,18 +89,18 @@ def test_without_face_stem_and_with_output_stride():
 @pytest.mark.parametrize(
     "backbone, layer, channels",
     [
-        ("mobilenetv3_small_100", "blocks.3", 48),
-        ("convnext_atto", "stages.2", 160),
-        ("efficientnet_b0", "blocks.4", 112),
+        ("mobilenetv3_small_100", "blocks.1", 24),
+        ("convnext_atto", "stages.1", 80),
+        ("efficientnet_b0", "blocks.2", 40),
     ],
 )
-def test_other_backbones_default_to_a_14x14_map(backbone, layer, channels):
+def test_other_backbones_default_to_a_28x28_map(backbone, layer, channels):
     torch.manual_seed(0)
     model = create_face_model(backbone, embedding_dim=16)
-    assert (model.target_layer, model.num_channels, model.target_size) == (layer, channels, (14, 14))
+    assert (model.target_layer, model.num_channels, model.target_size) == (layer, channels, (28, 28))
     assert model.feature_shape[1:] == (7, 7)
     out = model(torch.rand(2, 3, 112, 112))
-    assert out.embeddings.shape == (2, 16) and out.activations.shape == (2, channels, 14, 14)
+    assert out.embeddings.shape == (2, 16) and out.activations.shape == (2, channels, 28, 28)
     assert (out.activations >= 0).all()  # ReLU applied to the tapped copy (these stages end without one)
     ecloss(out.activations).backward()
     assert any(p.grad is not None for p in model.backbone.parameters())
@@ -106,7 +108,7 @@ def test_other_backbones_default_to_a_14x14_map(backbone, layer, channels):
 
 def test_relu_only_on_the_tap_and_forward_mask_changes_what_flows():
     torch.manual_seed(0)
-    model = create_face_model("convnext_atto", embedding_dim=8).eval()
+    model = create_face_model("convnext_atto", embedding_dim=8, target_layer="stages.2").eval()
     seen = {}
     stage3 = model.backbone.stages[3]
     handle = stage3.register_forward_pre_hook(lambda _m, inputs: seen.__setitem__("x", inputs[0]))
@@ -115,7 +117,9 @@ def test_relu_only_on_the_tap_and_forward_mask_changes_what_flows():
         out = model(images)
         assert (seen["x"] < 0).any()  # the backbone continues with the raw (signed) stage output
         torch.testing.assert_close(out.activations, seen["x"].relu())
-        masked = create_face_model("convnext_atto", embedding_dim=8, forward_mask=True).eval()
+        masked = create_face_model(
+            "convnext_atto", embedding_dim=8, target_layer="stages.2", forward_mask=True
+        ).eval()
         masked.load_state_dict(model.state_dict())
         handle.remove()
         handle = masked.backbone.stages[3].register_forward_pre_hook(
@@ -148,14 +152,14 @@ def test_deepcopy_keeps_the_tap_on_the_copy(resnet):
 
     clone = copy.deepcopy(resnet).eval()  # e.g. an EMA copy of the model
     out = clone(torch.rand(1, 3, 112, 112))
-    assert out.activations.shape == (1, 256, 14, 14)
-    hook = next(iter(clone.backbone.layer3._forward_hooks.values()))
+    assert out.activations.shape == (1, 128, 28, 28)
+    hook = next(iter(clone.backbone.layer2._forward_hooks.values()))
     assert hook.__self__ is clone
 
 
 def test_retarget_taps_another_layer_without_changing_the_embeddings():
     torch.manual_seed(0)
-    model = create_face_model("test_resnet", embedding_dim=16).eval()
+    model = create_face_model("test_resnet", embedding_dim=16, target_layer="layer3").eval()
     images = torch.rand(2, 3, 112, 112)
     before = model(images)
     model.retarget("layer2")
@@ -165,6 +169,6 @@ def test_retarget_taps_another_layer_without_changing_the_embeddings():
     torch.testing.assert_close(after.embeddings, before.embeddings)
     with pytest.raises(ValueError, match="unknown target layer 'layer9'"):
         model.retarget("layer9")
-    masked = create_face_model("test_resnet", embedding_dim=16, forward_mask=True)
+    masked = create_face_model("test_resnet", embedding_dim=16, target_layer="layer3", forward_mask=True)
     with pytest.raises(ValueError, match="forward mask"):
         masked.retarget("layer2")

@@ -17,7 +17,7 @@ def test_library_example_runs():
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace = {"images": torch.rand(2, 3, 112, 112)}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    assert namespace["out"].activations.shape[-2:] == (14, 14)
+    assert namespace["out"].activations.shape[-2:] == (28, 28)
     assert 0.0 <= namespace["loss"].detach().item() <= 1.0
 
 

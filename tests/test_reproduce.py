@@ -42,22 +42,24 @@ def _record(method: str = "ecloss", seed: int = 0, accuracy: float = 0.9, instab
     }
 
 
-def test_method_configs_differ_only_in_the_regulariser_and_seed():
-    base = load_config(REPO / "configs" / "faceparts-quick.yaml")
+def test_method_configs_differ_only_in_the_regulariser_seed_and_stated_layer():
+    base = load_config(REPO / "configs" / "faceparts-grid.yaml")
     configs = {m: method_config(base, m, seed=1) for m in METHODS}
     assert {c.loss.method for c in configs.values()} == {"none", "ecloss", "icnn", "sad"}
-    for config in configs.values():
-        assert config.model == base.model and config.optim == base.optim and config.data == base.data
-        assert config.run.seed == 1
+    for method, config in configs.items():
+        assert config.optim == base.optim and config.data == base.data and config.run.seed == 1
+        layer = "layer3" if method in ("ecloss-original", "ecloss-tuned") else base.model.target_layer
+        assert config.model.target_layer == layer and config.model.backbone == base.model.backbone
     assert len({c.run.name for c in configs.values()}) == len(METHODS)
     assert configs["sad"].loss.gamma > 0, "SAD without a diversity weight would be the baseline"
-    tuned, default = configs["ecloss-tuned"].loss, configs["ecloss"].loss
+    tuned, default, original = (configs[m].loss for m in ("ecloss-tuned", "ecloss", "ecloss-original"))
     assert (tuned.lambda_, tuned.peak, tuned.gamma) == (10.0, "centroid", 0.05)
-    assert (default.lambda_, default.peak, default.gamma) == (
+    assert (default.lambda_, default.peak, default.beta) == (
         base.loss.lambda_,
         base.loss.peak,
-        base.loss.gamma,
+        base.loss.beta,
     )
+    assert (original.lambda_, original.peak, original.beta, original.gamma) == (1.0, "argmax", 4.0, 0.0)
     with pytest.raises(ValueError, match="unknown method"):
         method_config(base, "arcface")
 
