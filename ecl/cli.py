@@ -249,7 +249,8 @@ def _add_reproduce(subparsers) -> None:
         "write book/results/*.json",
         description=(
             "Run the comparison the book reports: for each study (FaceParts test identities; LFW when the "
-            "data root holds lfw/, with a CelebA transfer), train baseline (ArcFace), ECLoss with its default "
+            "data root holds lfw/, with a CelebA transfer), train baseline (ArcFace), ECLoss with its "
+            "default "
             "setting (chosen on the FaceParts validation split), ICNN filter loss and SAD, and as records "
             "ECLoss with the original setting and with the setting an earlier test-split screening picked, "
             "for each seed with the same backbone and schedule, evaluate verification and explainability "
