@@ -174,8 +174,8 @@ def template_fit_figure(
     """A trained channel's map beside the template ECLoss fits to it, on a few faces.
 
     For each image: the face with the channel's map over it, the map itself, and the positive template
-    ``T+`` at the map's peak (the peak rule of the training), titled with the matching loss
-    ``1 - cos(map, T+)`` of that map (0 when the map is exactly a pyramid).
+    ``T+`` at the map's peak (the peak rule of the training, found from all channels of the shown faces),
+    titled with the matching loss ``1 - cos(map, T+)`` of that map (0 when the map is exactly a pyramid).
 
     Args:
         images: ``(N, 3, S, S)`` in [0, 1]. activations: ``(N, C, H, W)`` of those images.
@@ -188,14 +188,19 @@ def template_fit_figure(
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from ecl.losses import ecloss, find_peaks, positive_template
+    from ecl.losses import find_peaks, positive_template
 
-    maps = activations[list(image_indices), channel : channel + 1].detach().cpu().float().clamp_min(0)
-    peaks = find_peaks(maps, mode=peak)
+    shown = activations[list(image_indices)].detach().cpu().float().clamp_min(0)
+    # Peaks from every channel of the shown faces, as in training (the anchored rule needs them all).
+    peaks = find_peaks(shown, mode=peak)[:, channel : channel + 1]
+    maps = shown[:, channel : channel + 1]
     templates = positive_template(peaks, tuple(maps.shape[-2:]), beta=beta)
+    cosine = (maps * templates).sum((-2, -1)) / (
+        maps.norm(dim=(-2, -1)) * templates.norm(dim=(-2, -1)) + 1e-6
+    )
     titles = []
     for k, i in enumerate(image_indices):
-        loss = float(ecloss(maps[k : k + 1], beta=beta, peak=peak))
+        loss = float(1.0 - cosine[k, 0])
         row, col = (float(v) for v in peaks[k, 0])
         titles += [f"image {i}", f"channel {channel}: L_match {loss:.2f}", f"T+ at ({row:.1f}, {col:.1f})"]
     fig = make_subplots(rows=len(image_indices), cols=3, subplot_titles=titles, horizontal_spacing=0.04)
