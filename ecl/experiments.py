@@ -138,7 +138,7 @@ HYPOTHESES: dict[str, str] = {
     ),
     "training length": (
         "Every model so far trained for 384 steps. Do 4 and 16 times as many steps change the verdict, "
-        "for the baseline and ECLoss alike?"
+        "for the baseline, the original setting and the chosen one alike?"
     ),
 }
 
@@ -237,7 +237,23 @@ SEARCH_POINTS: dict[str, SearchPoint] = {
     "original 4x": SearchPoint(
         "training length", (*ECLOSS_ORIGINAL, "optim.epochs=48"), reference="baseline 4x"
     ),
+    "baseline 4x at layer2": SearchPoint(
+        "training length", ("optim.epochs=48",), method="baseline", measure_layer="layer2"
+    ),
+    "chosen 4x": SearchPoint(
+        "training length",
+        _ecloss(10, 8, "anchored", 0, "model.target_layer=layer2", "optim.epochs=48"),
+        reference="baseline 4x at layer2",
+    ),
     "baseline 16x": SearchPoint("training length", ("optim.epochs=192",), method="baseline"),
+    "baseline 16x at layer2": SearchPoint(
+        "training length", ("optim.epochs=192",), method="baseline", measure_layer="layer2"
+    ),
+    "chosen 16x": SearchPoint(
+        "training length",
+        _ecloss(10, 8, "anchored", 0, "model.target_layer=layer2", "optim.epochs=192"),
+        reference="baseline 16x at layer2",
+    ),
     "original 16x": SearchPoint(
         "training length", (*ECLOSS_ORIGINAL, "optim.epochs=192"), reference="baseline 16x"
     ),

@@ -246,3 +246,17 @@ def test_another_profile_gets_its_own_files_and_rows(tmp_path):
     )
     frame = results_frame(load_results(tmp_path))
     assert sorted(frame["study"]) == ["faceparts", "faceparts (full)"]
+
+
+@pytest.mark.slow
+def test_reproduce_gives_the_committed_numbers_from_scratch(tmp_path):
+    """One committed run, trained and measured again from nothing: the numbers must be the same to the bit."""
+    from ecl.reproduce import run_grid
+
+    committed = json.loads((REPO / "book" / "results" / "faceparts-ecloss-seed0.json").read_text())
+    run_grid(studies=["faceparts"], methods=["ecloss"], seeds=[0], runs_root=tmp_path / "runs",
+             results_dir=tmp_path / "results", echo=lambda _: None)  # fmt: skip
+    again = json.loads((tmp_path / "results" / "faceparts-ecloss-seed0.json").read_text())
+    assert again["config"] == committed["config"]
+    assert again["train"]["final_loss"] == committed["train"]["final_loss"]
+    assert again["evaluation"] == committed["evaluation"]
