@@ -34,7 +34,9 @@ Choices, documented here because the book and the configs refer to them:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -54,6 +56,7 @@ __all__ = [
     "build_model",
     "create_face_model",
     "list_target_layers",
+    "tap",
 ]
 
 DEFAULT_MAP_SIZE = 28  # METHOD section 4: about 28 x 28 at 112 x 112 input (chosen on validation)
@@ -428,6 +431,79 @@ def list_target_layers(
     """``(C, H, W)`` of every valid target layer of a backbone, built with :func:`create_face_model`'s
     options."""
     return create_face_model(backbone, image_size=image_size, **kwargs).layer_shapes()
+
+
+class _Tapped:
+    """What :func:`tap` yields; ``.activations`` is the tapped layer's latest output after ReLU."""
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        self._activations: Tensor | None = None
+
+    @property
+    def activations(self) -> Tensor:
+        if self._activations is None:
+            raise RuntimeError(
+                f"no forward call has run through {self.layer!r} yet: call the model on a batch inside the "
+                "`with tap(...)` block, then read .activations"
+            )
+        return self._activations
+
+
+@contextlib.contextmanager
+def tap(model: nn.Module, layer: str) -> Iterator[_Tapped]:
+    """Tap one layer of any model for ECLoss: its output after ReLU, from the latest forward call.
+
+    For a model of your own (torchvision, timm, ...): a forward hook on the module named ``layer`` keeps
+    ``relu(output)`` with its autograd graph, so ``ecloss(t.activations)`` trains every layer up to the
+    tapped one. ReLU is applied to the kept copy only; what flows on through the model is unchanged. The
+    hook is removed when the block exits; ``.activations`` then keeps the last map seen.
+
+    Args:
+        model: Any ``nn.Module``.
+        layer: Name of a module in ``model.named_modules()`` whose output is a ``(B, C, H, W)`` map
+            (``"layer2"`` of a torchvision ResNet, ``"stages.1"`` of a timm ConvNeXt).
+
+    Returns:
+        A context manager yielding an object whose ``.activations`` is the ``(B, C, H, W)`` map.
+
+    Raises:
+        ValueError: ``model`` has no module named ``layer`` (the message lists close or top-level
+            names); during the forward, the layer's output is not a ``(B, C, H, W)`` tensor.
+        RuntimeError: ``.activations`` read before any forward call ran through the layer.
+
+    Example:
+        >>> net = torchvision.models.resnet18(num_classes=128)
+        >>> with tap(net, "layer2") as t:
+        ...     embeddings = net(images)
+        ...     loss = identity_loss(embeddings, labels) + DEFAULT_WEIGHT * ecloss(t.activations)
+    """
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        names = [name for name in modules if name]
+        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.6)
+        top = [name for name in names if "." not in name][:8]
+        raise ValueError(
+            f"{type(model).__name__} has no module named {layer!r}; "
+            + (f"close matches: {', '.join(close)}; " if close else "")
+            + f"top-level modules: {', '.join(top)} (all names: [n for n, _ in model.named_modules()])"
+        )
+    tapped = _Tapped(layer)
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"ECLoss needs a (B, C, H, W) map, but {layer!r} output {got}; "
+                "tap a convolutional layer or stage instead"
+            )
+        tapped._activations = F.relu(output)
+
+    handle = modules[layer].register_forward_hook(hook)
+    try:
+        yield tapped
+    finally:
+        handle.remove()
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> tuple[FaceModel, MarginHead]:
