@@ -9,7 +9,9 @@
    the cell and the error;
 3. checks every executed copy (each code cell ran, no error output) and builds the book from a staged
    copy of the sources with execution off, ``-W`` turning any Sphinx warning (an output the book cannot
-   show, a broken reference) into a failure. The HTML lands in ``_build/html``.
+   show, a broken reference) into a failure. The HTML lands in ``_build/html``. In the staged copies the
+   cell papermill injects (tagged ``injected-parameters``) is tagged ``remove-cell``: the page shows the
+   chapter's own ``parameters`` cell, not the runner's plumbing.
 """
 
 from __future__ import annotations
@@ -141,10 +143,34 @@ def execute_notebook(
     return time.perf_counter() - start
 
 
+def hide_injected_parameters(path: str | os.PathLike) -> bool:
+    """Tag the cell papermill injected (``injected-parameters``) ``remove-cell``, so the page leaves it out.
+
+    The chapter's own ``parameters`` cell stays: it shows the reader what can be changed. Idempotent.
+
+    Returns:
+        Whether the notebook has an injected cell.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    changed = False
+    for cell in injected:
+        tags = cell.metadata.setdefault("tags", [])
+        if "remove-cell" not in tags:
+            tags.append("remove-cell")
+            changed = True
+    if changed:
+        nbformat.write(nb, str(path))
+    return bool(injected)
+
+
 def stage_book(root: Path, executed: Mapping[Path, Path], stage: Path) -> Path:
     """Copy the book sources into ``stage``, with executed notebooks in place of the stripped ones.
 
     The staged ``_config.yml`` turns execution off: the outputs come from the runner, not from the build.
+    The cells papermill injected are hidden from the pages (:func:`hide_injected_parameters`).
     """
     if stage.exists():
         shutil.rmtree(stage)
@@ -169,6 +195,7 @@ def stage_book(root: Path, executed: Mapping[Path, Path], stage: Path) -> Path:
     for rel, executed_path in executed.items():
         (stage / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(executed_path, stage / rel)
+        hide_injected_parameters(stage / rel)
     config_path = stage / "_config.yml"
     config = yaml.safe_load(config_path.read_text()) or {}
     config.setdefault("execute", {})["execute_notebooks"] = "off"

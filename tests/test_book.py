@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import yaml
 
-from ecl.book import BookError, check_executed, run_book, toc_notebooks
+from ecl.book import BookError, check_executed, hide_injected_parameters, run_book, toc_notebooks
 
 pytestmark = pytest.mark.book
 
@@ -41,6 +41,7 @@ SMOKE = [
     ),
     ("code", 'profile = "full"', ["parameters"]),
     ("code", "import ecl.notebook\nctx = ecl.notebook.setup(seed=0)\nprint('profile', profile)", []),
+    ("code", "long_line = " + " + ".join(f"{i}" for i in range(60)) + "\nprint('x' * 300)", []),
     ("code", "import plotly.graph_objects as go\ngo.Figure(go.Scatter(x=[0, 1, 2], y=[2, 0, 1]))", []),
     (
         "code",
@@ -51,10 +52,11 @@ SMOKE = [
 
 
 def _make_book(tmp: Path, notebooks: dict[str, list]) -> Path:
-    """A small book with the project's real _config.yml and vendored JavaScript."""
+    """A small book with the project's real _config.yml, vendored JavaScript and CSS."""
     shutil.copy2(REPO / "_config.yml", tmp / "_config.yml")
     shutil.copytree(REPO / "_vendor", tmp / "_vendor")
     (tmp / "book").mkdir()
+    shutil.copytree(REPO / "book" / "_static", tmp / "book" / "_static")
     shutil.copy2(REPO / "book" / "references.bib", tmp / "book" / "references.bib")
     (tmp / "book" / "intro.md").write_text("# Intro\n\nA test book.\n")
     chapters = []
@@ -124,6 +126,42 @@ def test_runner_executes_with_profile_parameters_and_builds(smoke_book):
     # The source notebook stays stripped.
     source = nbformat.read(str(root / "book" / "01-smoke.ipynb"), as_version=4)
     assert not any(c.get("outputs") for c in source.cells if c.cell_type == "code")
+
+
+def test_page_shows_the_chapters_parameters_cell_but_not_papermills(smoke_book):
+    root, html, _ = smoke_book
+    executed = nbformat.read(str(root / "_build" / "executed" / "book" / "01-smoke.ipynb"), as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    page = (html / "book" / "01-smoke.html").read_text()
+    own = re.search(r'<div class="cell tag_parameters[^"]*">(.*?)</pre>', page, re.S)
+    assert own and '"full"' in own.group(1), "the chapter's own parameters cell is gone"
+    assert "tag_injected-parameters" not in page and "# Parameters" not in page, (
+        "the cell papermill injected is shown"
+    )
+
+
+def test_page_uses_the_books_css_for_long_code_lines(smoke_book):
+    _, html, _ = smoke_book
+    page = (html / "book" / "01-smoke.html").read_text()
+    assert re.search(r'<link[^>]*href="../_static/ecl\.css', page), "the book's CSS is not linked"
+    css = (html / "_static" / "ecl.css").read_text()
+    assert "div.cell_input pre" in css and "white-space: pre-wrap" in css
+    # Only the vendored scripts the config names are included, each once (no root _static/ folder).
+    scripts = re.findall(r'<script[^>]*src="([^"?]+)', page)
+    assert len(scripts) == len(set(scripts)), scripts
+    assert not [s for s in scripts if "mathjax" in s and not s.endswith("tex-mml-chtml.js")], scripts
+
+
+def test_hide_injected_parameters_tags_only_papermills_cell(tmp_path):
+    nb = _notebook([("code", 'profile = "full"', ["parameters"]), ("code", 'profile = "quick"', [])])
+    nb.cells[1].metadata["tags"] = ["injected-parameters"]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    assert hide_injected_parameters(path) and hide_injected_parameters(path)
+    tags = [c.metadata.get("tags") for c in nbformat.read(str(path), as_version=4).cells]
+    assert tags == [["parameters"], ["injected-parameters", "remove-cell"]]
+    nbformat.write(_notebook([("code", "x = 1", [])]), str(path))
+    assert not hide_injected_parameters(path)
 
 
 def test_failing_cell_stops_the_runner_naming_notebook_and_cell(tmp_path):
