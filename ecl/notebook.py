@@ -1,7 +1,16 @@
 """Notebook set-up shared by every chapter: renderers, seeds, threads, data roots.
 
-Chapters call :func:`setup` in their first code cell. It changes process-wide settings only when called,
-never at import time.
+Every chapter opens with the same *setup cell*, which does something only on Google Colab: it clones the
+book's repository (:data:`REPO_URL`) at a pinned version (:data:`REPO_REF`), installs it with the tested
+dependency versions of its ``constraints.txt`` (``pip install -c constraints.txt -e <clone>``, without the
+``book`` extra: a reader needs neither jupyter-book nor papermill), and moves into the clone's ``book/``
+folder, so a chapter finds ``configs/``, ``book/results/`` and ``../runs`` as in a local checkout. That cell
+runs before ``ecl`` can be imported, so it repeats both values; ``tests/test_colab.py`` checks that they
+equal the ones here and that every chapter's cell is the same. The environment variables ``ECL_REPO_URL``
+and ``ECL_REPO_REF`` override them (the test points them at a local copy of the repository).
+
+Chapters then call :func:`setup` in their first cell of code proper. It changes process-wide settings only
+when called, never at import time.
 """
 
 from __future__ import annotations
@@ -15,12 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ecl import __version__
 from ecl.utils import resolve_device
 
-#: Where the book's source lives; the Colab badge and the guarded install cell point here.
+#: Where the book's source lives; the Colab badges and every chapter's setup cell point here.
 REPO_URL = "https://github.com/ecl-book/ecl"
-#: The ``pip install`` target a Colab session uses (the same as a user would type).
-PIP_TARGET = f"ecl[book] @ git+{REPO_URL}"
+#: The version of the repository a chapter clones on Colab: the release tag of this version of the library
+#: (``v`` + :data:`ecl.__version__`). A tag, not a branch, so a reader gets the code, presets and committed
+#: results the chapter was executed with, and the same ones tomorrow; a tag, not a commit, because a commit
+#: cannot name itself. Releasing a version therefore means: bump ``ecl.__version__``, set ``REPO_REF`` in
+#: every chapter's setup cell to the new tag (``tests/test_colab.py`` fails until they agree), commit, and
+#: push the tag ``v<version>`` on that commit.
+REPO_REF = f"v{__version__}"
 
 
 @dataclass(frozen=True)
@@ -156,3 +171,19 @@ def _offline_notebook_renderer(renderer):
             return bundle
 
     return OfflineNotebookRenderer(config=renderer.config)
+
+
+def glue(name: str, value: Any) -> bool:
+    """Name ``value`` for the page's prose, showing nothing in the notebook.
+
+    The built page writes it where the text says ``{glue:text}`name:.3f``` (MyST-NB's glue), so a number in
+    a hand-written sentence still comes from the code that ran. Where MyST-NB is not installed (Colab, which
+    installs the library without the book's tools) this does nothing, and the notebook's printed tables carry
+    the numbers. Returns whether the value was glued.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return False
+    myst_glue(name, value, display=False)
+    return True
