@@ -235,3 +235,11 @@ def test_built_page_renders_offline_in_chromium(smoke_book):
     assert 'class="main-svg"' in dom, "plotly did not draw the figure"
     assert "widget-slider" in dom, "the ipywidgets slider was not drawn from its saved state"
     assert "<mjx-container" in dom, "MathJax did not typeset the equation"
+
+
+def test_formulation_page_is_written_for_readers_not_the_specification():
+    text = (REPO / "book" / "formulation.md").read_text()
+    assert "{include}" not in text and "```{" not in text, "the formulation page must not include the spec"
+    for spec_line in ("The book must", "*(choice)*", "(choice, ", "Measured caution"):
+        assert spec_line not in text, f"the formulation page carries spec text: {spec_line!r}"
+    assert text.count("$$") >= 16, "the formulation page should write its formulas as LaTeX maths"
