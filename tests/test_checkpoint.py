@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,10 +54,22 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@contextmanager
+def one_thread():
+    """Train here on one thread, as the children do: bit-identical weights need the same summation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "full"
-    fit(tiny_config(*RESUME), out_dir=run_dir)
+    with one_thread():
+        fit(tiny_config(*RESUME), out_dir=run_dir)
     return run_dir
 
 
@@ -100,7 +113,8 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_co
     model, _ = load_run(run)  # the previous checkpoint loads
     assert (run / ".lock").is_file()  # left behind by the killed process: stale
     assert [e["step"] for e in read_metrics(run) if e["event"] == "step"][-1] >= 2
-    result = fit(tiny_config(*RESUME), out_dir=run, resume=True)
+    with one_thread():
+        result = fit(tiny_config(*RESUME), out_dir=run, resume=True)
     assert result.complete and not (run / ".lock").exists()
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the killed writer's half folder is cleaned up
     reference = _weights(uninterrupted)
