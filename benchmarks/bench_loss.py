@@ -206,11 +206,14 @@ def bench_losses(args, device: torch.device) -> dict:
         )
         print(f"  {name:<20s} {results[name] * 1e3:9.2f} ms")
     sub = acts[: args.naive_batch, : args.naive_channels]
+
     # The naive loop places its template at the argmax with ICNN's slope; compare like with like.
     def same_setting(x):
         return ecloss(x, beta=4.0, peak="argmax")
 
-    vectorised = statistics.median(timed(lambda: run(same_setting, sub), device) for _ in range(args.loss_repeats))
+    vectorised = statistics.median(
+        timed(lambda: run(same_setting, sub), device) for _ in range(args.loss_repeats)
+    )
     naive = timed(lambda: run(naive_ecloss, sub), device)
     torch.testing.assert_close(same_setting(sub), naive_ecloss(sub), rtol=1e-4, atol=1e-5)
     print(
