@@ -364,6 +364,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- explain-pair, assign-parts
 def _add_explain_pair(subparsers) -> None:
     from ecl.attribution import ASSIGNMENT_FILE, DESCRIPTORS
+    from ecl.pair_explain import PAIR_METHODS
 
     parser = subparsers.add_parser(
         "explain-pair",
@@ -372,7 +373,10 @@ def _add_explain_pair(subparsers) -> None:
             "Per-part similarity breakdown of two face images (eyes, brows, nose, mouth, hair, skin) from "
             "the target layer's part channels, with the embedding cosine beside it. Needs the run's "
             f"{ASSIGNMENT_FILE} (make it with `python -m ecl assign-parts --checkpoint RUN`). Images are "
-            "read with PIL, converted to RGB and resized to the model's input size. Prints one JSON object."
+            "read with PIL, converted to RGB and resized to the model's input size. Prints one JSON object. "
+            "--method picks another explanation: shapley (part contributions that add up to the cosine), "
+            "xcos (local-similarity grid), gradcam (similarity Grad-CAM) or occlusion (sensitivity maps); "
+            "--png draws it."
         ),
     )
     parser.add_argument("--checkpoint", required=True, help="run folder or checkpoint written by `ecl train`")
@@ -381,34 +385,70 @@ def _add_explain_pair(subparsers) -> None:
     parser.add_argument(
         "--assignment", default=None, help=f"part assignment JSON (default RUN/{ASSIGNMENT_FILE})"
     )
+    parser.add_argument(
+        "--method",
+        choices=PAIR_METHODS,
+        default="parts",
+        help="parts: part similarities (default); shapley: part contributions that sum to the cosine "
+        "(with a rest term); xcos, gradcam, occlusion: maps (the last three need no assignment)",
+    )
     parser.add_argument("--descriptor", choices=DESCRIPTORS, default="attention", help="part descriptor")
+    parser.add_argument(
+        "--patch", type=int, default=None, metavar="PX", help="occlusion patch size (default: image size / 8)"
+    )
+    parser.add_argument(
+        "--png", default=None, metavar="PATH", help="also draw the pair with each part's (or map's) values"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     parser.set_defaults(func=_run_explain_pair)
 
 
 def _run_explain_pair(args: argparse.Namespace) -> int:
-    from ecl.attribution import PartAssignment, explain_pair, image_tensor, read_image
+    from ecl.attribution import PartAssignment, image_tensor, read_image
     from ecl.checkpoint import load_run
+    from ecl.pair_explain import explain_pair_with
 
+    method = getattr(args, "method", "parts")
     try:
         # Cheap checks first: unreadable images and a missing assignment fail before the model loads.
         pictures = read_image(args.image_a), read_image(args.image_b)
-        assignment = PartAssignment.load(args.assignment or args.checkpoint)
+        needs_parts = method in ("parts", "shapley")
+        assignment = PartAssignment.load(args.assignment or args.checkpoint) if needs_parts else None
         model, _ = load_run(args.checkpoint, map_location="cpu")
         size = int(getattr(model, "image_size", 112))
         image_a, image_b = (image_tensor(p, size) for p in pictures)
-        result = explain_pair(
+        result = explain_pair_with(
+            method,
             model,
             image_a,
             image_b,
             assignment,
             descriptor=args.descriptor,
-            saliency=False,
             device=args.device,
+            patch=getattr(args, "patch", None),
         )
     except (FileNotFoundError, ValueError) as err:
         return _error(err, 2)
-    print(json.dumps({"image_a": args.image_a, "image_b": args.image_b, **result.to_dict()}))
+    output = {"image_a": args.image_a, "image_b": args.image_b, **result.summary}
+    if getattr(args, "png", None):
+        from ecl.viz.images import to_png
+        from ecl.viz.pairs import pair_method_picture
+
+        picture = pair_method_picture(
+            image_a,
+            image_b,
+            result.maps,
+            title=f"{method}: {args.image_a} vs {args.image_b}",
+            caption=result.caption,
+        )
+        try:
+            path = Path(args.png)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(to_png(picture))
+        except OSError as err:
+            return _error(f"cannot write {args.png}: {err}", 1)
+        output["png"] = str(path)
+    print(json.dumps(output))
     return 0
 
 

@@ -22,7 +22,7 @@ from ecl.viz.figures import (
     training_curves,
 )
 from ecl.viz.images import PART_COLOURS, colormap, heatmap_overlay, masks_overlay, to_png
-from ecl.viz.pairs import pair_breakdown_figure, pair_explorer, pair_maps_figure
+from ecl.viz.pairs import pair_breakdown_figure, pair_explorer, pair_maps_figure, pair_method_picture
 
 __all__ = [
     "PART_COLOURS",
@@ -36,6 +36,7 @@ __all__ = [
     "pair_breakdown_figure",
     "pair_explorer",
     "pair_maps_figure",
+    "pair_method_picture",
     "roc_figure",
     "template_explorer",
     "template_figure",
