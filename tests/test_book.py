@@ -87,6 +87,21 @@ def test_every_chapter_has_exactly_one_parameters_cell_and_no_outputs():
         )
 
 
+def test_every_chapter_ends_with_a_summary_and_exercises_with_hidden_hints():
+    for rel in toc_notebooks(REPO):
+        nb = nbformat.read(str(REPO / rel), as_version=4)
+        text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        headings = re.findall(r"^## (.+)$", text, flags=re.M)
+        assert headings[-2:] == ["Summary", "Exercises"], f"{rel}: should end with ## Summary, ## Exercises"
+        summary, exercises = text.split("\n## Summary", 1)[1].split("\n## Exercises", 1)
+        assert summary.count("\n- ") >= 3, f"{rel}: the summary should list the chapter's points"
+        numbered = re.findall(r"^\*\*\d+\. ", exercises, flags=re.M)
+        assert 2 <= len(numbered) <= 4, f"{rel}: want two to four numbered exercises, found {len(numbered)}"
+        assert exercises.count(":class: dropdown") >= len(numbered), (
+            f"{rel}: every exercise needs a hint or solution in a collapsed (dropdown) admonition"
+        )
+
+
 def test_vendored_javascript_matches_its_checksums():
     lines = (REPO / "_vendor" / "SHA256SUMS").read_text().split("\n")
     entries = [line.split() for line in lines if line.strip()]
