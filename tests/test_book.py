@@ -102,6 +102,17 @@ def test_every_chapter_ends_with_a_summary_and_exercises_with_hidden_hints():
         )
 
 
+def test_every_chapters_colab_setup_cell_is_folded_away_on_the_page():
+    # Readers of the web book need no install step: pages open on the chapter, the cell one click away.
+    for rel in toc_notebooks(REPO):
+        nb = nbformat.read(str(REPO / rel), as_version=4)
+        setup = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# Google Colab only")]
+        assert len(setup) == 1, f"{rel}: want one Colab setup cell, found {len(setup)}"
+        assert "hide-input" in setup[0].metadata.get("tags", []), (
+            f"{rel}: tag the Colab setup cell hide-input"
+        )
+
+
 def test_vendored_javascript_matches_its_checksums():
     lines = (REPO / "_vendor" / "SHA256SUMS").read_text().split("\n")
     entries = [line.split() for line in lines if line.strip()]
