@@ -362,6 +362,28 @@ GAME_SIZES = {
 }
 
 
+#: The models the explanation study scores by default (``python -m ecl reproduce --studies explain``).
+EXPLAIN_MODELS: tuple[str, ...] = ("baseline", "ecloss")
+
+#: Version of the explanation study's result files (``explain-<data>-<method>-seed<k>.json``).
+EXPLAIN_SCHEMA = "ecl-explain/1"
+
+#: Sizes of the explanation study per profile, for one model (see :func:`ecl.reproduce.run_explain`):
+#: ``identities`` x ``images_per_identity`` FaceParts test images per data set (as the game's,
+#: :data:`GAME_SIZES`, so the part assignment and the ``trials`` part-swap trials are the game's);
+#: ``references`` images per nonmate-rate gallery; ``stride`` of the 14 px occlusion windows (pixels);
+#: ``faceparts_pairs`` and ``lfw_pairs`` mated pairs for the deletion and insertion curves (``steps``
+#: steps, ``random`` random orders per pair); ``lfw_reference_images`` LFW View-1 train images (68
+#: landmarks) on which the LFW models' channels are assigned to parts. The quick sizes take about three
+#: minutes per model on one CPU thread for FaceParts and a minute and a half for LFW.
+EXPLAIN_SIZES = {
+    "quick": dict(identities=50, images_per_identity=4, trials=100, references=3, stride=14,
+                  faceparts_pairs=24, lfw_pairs=24, steps=20, random=3, lfw_reference_images=256),
+    "full": dict(identities=200, images_per_identity=5, trials=1000, references=4, stride=7,
+                 faceparts_pairs=200, lfw_pairs=500, steps=20, random=3, lfw_reference_images=1000),
+}  # fmt: skip
+
+
 def result_path(results_dir: str | Path, study: str, method: str, seed: int, profile: str = "quick") -> Path:
     """Where the result of one run lives: ``<results_dir>/<study>-<method>-seed<k>.json``.
 

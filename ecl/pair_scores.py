@@ -215,20 +215,27 @@ def pair_method_curves(
     num_random: int = 3,
     seed: int = 0,
     device: str | torch.device | None = None,
+    map_options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Deletion and insertion areas of every method over a set of pairs (for example mated test pairs).
 
     For each pair i and method m, the map ``pair_map(m)`` over face ``side`` is scored by
-    ``deletion_insertion`` (random orders seeded with ``seed + i``, the same for every method).
+    ``deletion_insertion`` (random orders seeded with ``seed + i``). The random orders of a pair do not
+    depend on the map (``pixel_order`` draws its tie-breaks first, the same number for every map), so
+    they are the same for every method: they are evaluated once per pair, with the first method, and
+    every method is compared with them.
 
     Args:
         model: the face model. images_a, images_b: (N, 3, S, S) the pairs. methods: of ``MAP_METHODS``
-            (``"shapley"`` needs ``assignment``). Other arguments: as ``perturbation_curve``.
+            (``"shapley"`` needs ``assignment``). map_options: per method, extra arguments of
+            ``pair_map`` (e.g. ``{"occlusion": {"stride": 14}}``). Other arguments: as
+            ``perturbation_curve``.
 
     Returns:
         Plain JSON types::
 
-            {"num_pairs": N, "steps": K, "baseline": "mean", "side": "a", "seed": s,
+            {"num_pairs": N, "steps": K, "baseline": "mean", "side": "a", "seed": s, "num_random": R,
+             "random": {"deletion_auc", "insertion_auc"} (the random orders' mean areas; None when R = 0),
              "methods": {method: {"deletion_auc", "deletion_auc_std", "deletion_random_auc",
                                    "deletion_beats_random" (share of pairs), and the same for insertion}}}
     """
@@ -239,29 +246,26 @@ def pair_method_curves(
         raise ValueError(
             f"images_a and images_b must hold as many images; got {len(images_a)} and {len(images_b)}"
         )
+    map_options = map_options or {}
     rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
+    random_rows: dict[str, list[float]] = {mode: [] for mode in PERTURBATION_MODES}
     for i in range(len(images_a)):
-        for method in methods:
-            saliency = pair_map(
-                model, images_a[i], images_b[i], method, assignment=assignment, side=side, device=device
-            )
-            curves = deletion_insertion(
-                model,
-                images_a[i],
-                images_b[i],
-                saliency,
-                side=side,
-                steps=steps,
-                baseline=baseline,
-                num_random=num_random,
-                seed=seed + i,
-                device=device,
-            )
+        reference: dict[str, float] = {}
+        for k, method in enumerate(methods):
+            saliency = pair_map(model, images_a[i], images_b[i], method, assignment=assignment, side=side,
+                                device=device, **map_options.get(method, {}))  # fmt: skip
+            curves = deletion_insertion(model, images_a[i], images_b[i], saliency, side=side, steps=steps,
+                                        baseline=baseline, num_random=num_random if k == 0 else 0,
+                                        seed=seed + i, device=device)  # fmt: skip
             for mode, curve in curves.items():
-                row = rows[method]
+                if k == 0 and num_random:
+                    reference[mode] = curve.random_auc
+                    random_rows[mode].append(curve.random_auc)
+                row, random_auc = rows[method], reference.get(mode, np.nan)
                 row.setdefault(f"{mode}_auc", []).append(curve.auc)
-                row.setdefault(f"{mode}_random_auc", []).append(curve.random_auc if num_random else np.nan)
-                row.setdefault(f"{mode}_beats_random", []).append(float(bool(curve.beats_random)))
+                row.setdefault(f"{mode}_random_auc", []).append(random_auc)
+                beats = curve.auc < random_auc if mode == "deletion" else curve.auc > random_auc
+                row.setdefault(f"{mode}_beats_random", []).append(float(bool(num_random) and bool(beats)))
     out: dict[str, Any] = {
         "num_pairs": int(len(images_a)),
         "steps": int(steps),
@@ -269,6 +273,10 @@ def pair_method_curves(
         "side": side,
         "seed": int(seed),
         "num_random": int(num_random),
+        "random": {
+            f"{mode}_auc": json_float(np.mean(values)) if values else None
+            for mode, values in random_rows.items()
+        },
         "methods": {},
     }
     for method, row in rows.items():

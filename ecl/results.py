@@ -3,7 +3,9 @@
 :func:`load_results` reads the JSON files :mod:`ecl.reproduce` writes (one per run),
 :func:`results_frame` turns them into one row per run, :func:`summary_table` into mean ± std per study
 and method, :func:`compare_methods` and :func:`claim_sentence` test the paper's claims against the
-baseline, and :func:`readme_block` writes the README's results block. Nothing here trains or evaluates.
+baseline, and :func:`readme_block` writes the README's results block. The explanation study's files
+(``explain-*.json``) have readers of their own: :func:`load_explain_results`, :func:`explain_summary`,
+:func:`explain_table` and :func:`explain_aims`. Nothing here trains or evaluates.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ecl.experiments import DEFAULT_STUDIES, METHODS, REFERENCE, REPO, SCHEMA, method_label
+from ecl.experiments import DEFAULT_STUDIES, EXPLAIN_SCHEMA, METHODS, REFERENCE, REPO, SCHEMA, method_label
 
 #: Top-level keys every result file has, and the type each must have.
 _REQUIRED = {
@@ -74,9 +76,12 @@ def validate_result(record: Any) -> list[str]:
 
 
 def load_results(results_dir: str | Path = "book/results", validate: bool = True) -> list[dict[str, Any]]:
-    """Every run result under ``results_dir`` (files named ``<study>-<method>-seed<k>.json``)."""
+    """Every run result under ``results_dir`` (files named ``<study>-<method>-seed<k>.json``; the
+    explanation study's ``explain-*`` files are :func:`load_explain_results`'s)."""
     records = []
     for path in sorted(Path(results_dir).glob("*-seed*.json")):
+        if path.name.startswith(EXPLAIN_PREFIX):
+            continue
         record = json.loads(path.read_text())
         if validate:
             problems = validate_result(record)
@@ -497,3 +502,197 @@ def select_setting(
     to_confirm = [] if chosen else list(qualified[qualified["seeds"] < seeds_to_choose]["search point"][:2])
     table["chosen"] = table["search point"] == chosen
     return chosen, to_confirm, table
+
+
+# ------------------------------------------------------------------------------ the explanation study
+#: File names of the explanation study's results (:func:`ecl.reproduce.run_explain`).
+EXPLAIN_PREFIX = "explain-"
+
+#: The explanation methods in the order the tables list them: the part breakdown (naming a part, and as
+#: a map: its Shapley contributions), the baselines, then the references.
+EXPLAIN_METHODS = ("breakdown", "shapley", "regions", "xcos_parts", "gradcam", "xcos", "occlusion", "oracle",
+                   "random")  # fmt: skip
+
+#: The scores of the tables, in order (``beats random``: the share of pairs whose curve beats the random
+#: orders'; ``valid trials``: the trials that count for the nonmate rate).
+EXPLAIN_SCORES = ("top-1", "nonmate rate", "IoU", "deletion AUC", "insertion AUC", "deletion beats random",
+                  "insertion beats random", "valid trials")  # fmt: skip
+
+
+def validate_explain_result(record: Any) -> list[str]:
+    """Problems with an explanation-study record (empty when it has what :func:`explain_summary` reads)."""
+    if not isinstance(record, dict):
+        return ["a result must be a JSON object"]
+    required = ("schema", "data", "method", "seed", "profile", "split", "config", "versions", "curves")
+    problems = [f"missing key {k!r}" for k in required if k not in record]
+    if problems:
+        return problems
+    if record["schema"] != EXPLAIN_SCHEMA:
+        problems.append(f"schema {record['schema']!r} is not {EXPLAIN_SCHEMA!r}")
+    if not isinstance(record["seed"], int):
+        problems.append("'seed' must be int")
+    if not isinstance(_dig(record, ("curves", "methods")), dict) or "random" not in record["curves"]:
+        problems.append("curves.methods and curves.random are missing")
+    if record["data"] == "faceparts":
+        if not isinstance(_dig(record, ("part_swap", "methods")), dict):
+            problems.append("part_swap.methods is missing")
+        if not isinstance(_dig(record, ("game", "saliency", "top1")), (int, float)):
+            problems.append("game.saliency.top1 is missing")
+    return problems
+
+
+def load_explain_results(results_dir: str | Path = "book/results") -> list[dict[str, Any]]:
+    """Every explanation-study result under ``results_dir`` (``explain-<data>-<method>-seed<k>.json``)."""
+    records = []
+    for path in sorted(Path(results_dir).glob(f"{EXPLAIN_PREFIX}*-seed*.json")):
+        record = json.loads(path.read_text())
+        problems = validate_explain_result(record)
+        if problems:
+            raise ValueError(f"{path}: {problems}")
+        records.append({**record, "_path": str(path)})
+    return records
+
+
+def _explain_rows(record: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """``(method, score, value)`` of one record: the part-swap game's and the curves' numbers."""
+    rows = []
+    swap = record.get("part_swap")
+    if swap:
+        for method, row in swap["methods"].items():
+            for score, key in (("top-1", "top1"), ("nonmate rate", "nonmate_rate"), ("IoU", "iou")):
+                if row.get(key) is not None:
+                    rows.append((method, score, row[key]))
+            rows.append((method, "valid trials", swap["valid_trials"]))
+        # The saliency map names the part whose mask it finds least similar (the game's rule).
+        rows.append(("gradcam", "top-1", record["game"]["saliency"]["top1"]))
+    curves = record["curves"]
+    for method, row in curves["methods"].items():
+        for mode in ("deletion", "insertion"):
+            rows.append((method, f"{mode} AUC", row[f"{mode}_auc"]))
+            rows.append((method, f"{mode} beats random", row[f"{mode}_beats_random"]))
+    for mode in ("deletion", "insertion"):
+        if curves["random"].get(f"{mode}_auc") is not None:
+            rows.append(("random", f"{mode} AUC", curves["random"][f"{mode}_auc"]))
+    return rows
+
+
+def explain_frame(records: Sequence[dict[str, Any]]):
+    """One row per (record, explanation method, score): columns ``data`` (``faceparts``, ``lfw``; another
+    profile's runs carry its name, e.g. ``faceparts (full)``), ``model``, ``seed``, ``method``, ``score``
+    and ``value`` (float; None values dropped)."""
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        profile = record.get("profile", "quick")
+        data = record["data"] if profile == "quick" else f"{record['data']} ({profile})"
+        for method, score, value in _explain_rows(record):
+            if value is not None:
+                rows.append((data, record["method"], int(record["seed"]), method, score, float(value)))
+    columns = ["data", "model", "seed", "method", "score", "value"]
+    return pd.DataFrame(rows, columns=columns).astype({"seed": "int64", "value": "float64"})
+
+
+def explain_summary(records: Sequence[dict[str, Any]]):
+    """The explanation study over seeds, tidy: one row per (data, model, method, score) with ``mean``,
+    ``std`` (sample std over seeds, ddof 1; NaN with one seed) and ``seeds`` (how many).
+
+    Methods (``EXPLAIN_METHODS``): ``breakdown``, ``regions``, ``xcos_parts`` name the swapped part
+    (top-1, nonmate rate, IoU of the named part's mask); ``gradcam``, ``xcos``, ``occlusion`` are maps
+    (nonmate rate and IoU of their top pixels; ``gradcam``'s top-1 is the part-swap game's saliency
+    rule); ``shapley`` is the part breakdown drawn as a map. Every map has deletion and insertion AUCs
+    (lower deletion, higher insertion is better) and the share of pairs that beat the random orders;
+    ``oracle`` and ``random`` are the references (``random``'s AUCs are the random orders').
+    """
+    import pandas as pd
+
+    frame = explain_frame(records)
+    grouped = frame.groupby(["data", "model", "method", "score"], sort=False)["value"]
+    out = pd.DataFrame(
+        {"mean": grouped.mean(), "std": grouped.std(ddof=1), "seeds": grouped.count()}
+    ).reset_index()
+    rank = {m: k for k, m in enumerate(EXPLAIN_METHODS)}
+    out["_m"] = out["method"].map(lambda m: rank.get(m, len(rank)))
+    out["_s"] = out["score"].map(
+        lambda s: EXPLAIN_SCORES.index(s) if s in EXPLAIN_SCORES else len(EXPLAIN_SCORES)
+    )
+    out = out.sort_values(["data", "model", "_m", "_s"], kind="stable").drop(columns=["_m", "_s"])
+    return out.reset_index(drop=True)
+
+
+def explain_table(records: Sequence[dict[str, Any]], digits: int = 3):
+    """:func:`explain_summary` as a table to read: one row per (data, model, method), one column per
+    score (``EXPLAIN_SCORES`` present), ``"mean ± std"`` strings (``"n/a"`` where a method has no such
+    score), and the seed count."""
+    import pandas as pd
+
+    summary = explain_summary(records)
+    places = [1 if score == "valid trials" else digits for score in summary["score"]]
+    text = [
+        "n/a" if pd.isna(m) else f"{m:.{k}f}" if pd.isna(s) else f"{m:.{k}f} ± {s:.{k}f}"
+        for m, s, k in zip(summary["mean"], summary["std"], places, strict=True)
+    ]
+    wide = summary.assign(text=text).pivot_table(
+        index=["data", "model", "method"], columns="score", values="text", aggfunc="first", sort=False
+    )
+    wide = wide[[s for s in EXPLAIN_SCORES if s in wide.columns]].fillna("n/a")
+    wide.columns.name = None
+    wide["seeds"] = summary.groupby(["data", "model", "method"], sort=False)["seeds"].max()
+    return wide
+
+
+def explain_aims(
+    records: Sequence[dict[str, Any]],
+    model: str = "ecloss",
+    threshold: float = 0.5,
+    breakdown_map: str = "shapley",
+    profile: str = "quick",
+):
+    """The explanation study's aims (issue 16), on the means over seeds of ``model``, the recommended
+    ECLoss model (the library's default setting):
+
+    1. on the FaceParts part-swap game, the part breakdown's top-1 is at least ``threshold``;
+    2. and at least the saliency map's (similarity Grad-CAM, the game's saliency rule);
+    3. on deletion and on insertion the part breakdown (drawn as a map: ``breakdown_map``) beats random
+       order (a lower deletion area, a higher insertion area than the random orders'), on FaceParts and
+       on LFW.
+
+    ``profile`` chooses whose runs are judged (``"full"``: the GPU runs).
+
+    Returns:
+        A DataFrame indexed by the aim: ``data``, ``value`` (the model's mean), ``reference`` (the
+        threshold or what the value is compared with), ``met`` (bool; None when the results are
+        missing) and ``seeds``.
+    """
+    import pandas as pd
+
+    summary = explain_summary(records)
+    mine = summary[summary["model"] == model]
+
+    def label(data: str) -> str:
+        return data if profile == "quick" else f"{data} ({profile})"
+
+    def mean(data: str, method: str, score: str) -> tuple[float | None, int]:
+        row = mine[(mine["data"] == label(data)) & (mine["method"] == method) & (mine["score"] == score)]
+        return (float(row["mean"].iloc[0]), int(row["seeds"].iloc[0])) if len(row) else (None, 0)
+
+    top1, seeds = mean("faceparts", "breakdown", "top-1")
+    saliency, _ = mean("faceparts", "gradcam", "top-1")
+    rows = [
+        (f"part breakdown top-1 >= {threshold:g}", label("faceparts"), top1, threshold, seeds,
+         None if top1 is None else top1 >= threshold),
+        ("part breakdown top-1 >= saliency map top-1", label("faceparts"), top1, saliency, seeds,
+         None if top1 is None or saliency is None else top1 >= saliency),
+    ]  # fmt: skip
+    for data in ("faceparts", "lfw"):
+        for mode in ("deletion", "insertion"):
+            value, seeds = mean(data, breakdown_map, f"{mode} AUC")
+            random, _ = mean(data, "random", f"{mode} AUC")
+            if value is None or random is None:
+                met = None
+            else:
+                met = value < random if mode == "deletion" else value > random
+            rows.append((f"{mode}: part breakdown beats random order ({data})", label(data), value, random,
+                         seeds, met))  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["aim", "data", "value", "reference", "seeds", "met"])
+    return frame.astype({"met": "object"}).set_index("aim")

@@ -233,6 +233,33 @@ def test_pair_method_curves_summarise_every_method(model, faces):
         pair_method_curves(model, a, b, methods=("lime",))
 
 
+def test_pair_method_curves_share_one_set_of_random_orders_and_pass_map_options(model, faces):
+    """The random orders do not depend on the map: evaluated once per pair, they give every method the
+    numbers it would get with random orders of its own, and the areas of each map are unchanged."""
+    a = torch.stack([image_to_tensor(faces.raw(0)[0]), image_to_tensor(faces.raw(3)[0])])
+    b = torch.stack([image_to_tensor(faces.raw(1)[0]), image_to_tensor(faces.raw(4)[0])])
+    options = {"occlusion": {"patch": 4, "stride": 4}}
+    out = pair_method_curves(model, a, b, methods=("xcos", "occlusion"), steps=4, num_random=2, seed=7,
+                             map_options=options)  # fmt: skip
+    for method in ("xcos", "occlusion"):
+        alone = {mode: [] for mode in ("deletion", "insertion")}
+        for i in range(2):
+            saliency = pair_map(model, a[i], b[i], method, **options.get(method, {}))
+            for mode, curve in deletion_insertion(model, a[i], b[i], saliency, steps=4, num_random=2,
+                                                  seed=7 + i).items():  # fmt: skip
+                alone[mode].append((curve.auc, curve.random_auc, float(curve.beats_random)))
+        for mode, rows in alone.items():
+            auc, random_auc, beats = np.mean(rows, axis=0)
+            row = out["methods"][method]
+            assert row[f"{mode}_auc"] == pytest.approx(auc, abs=1e-12)
+            assert row[f"{mode}_random_auc"] == pytest.approx(random_auc, abs=1e-12)
+            assert row[f"{mode}_beats_random"] == pytest.approx(beats)
+            assert out["random"][f"{mode}_auc"] == pytest.approx(random_auc, abs=1e-12)
+    without = pair_method_curves(model, a, b, methods=("xcos",), steps=4, num_random=0)
+    assert without["random"] == {"deletion_auc": None, "insertion_auc": None}
+    assert without["methods"]["xcos"]["deletion_beats_random"] == 0.0
+
+
 # ------------------------------------------------------------------------------------------- occlusion
 def test_occlusion_of_both_faces_finds_the_only_part_that_differs(model, faces):
     original, chimera = nose_pair(faces)

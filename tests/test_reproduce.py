@@ -6,7 +6,9 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from ecl.config import load_config
 from ecl.experiments import METHODS, SCHEMA, method_config, result_path
@@ -260,3 +262,151 @@ def test_reproduce_gives_the_committed_numbers_from_scratch(tmp_path):
     assert again["config"] == committed["config"]
     assert again["train"]["final_loss"] == committed["train"]["final_loss"]
     assert again["evaluation"] == committed["evaluation"]
+
+
+# ------------------------------------------------------------------------------ the explanation study
+#: The FaceParts grid preset shrunk to a two-step run on 32 px faces.
+EXPLAIN_TINY = ["data.image_size=32", "data.num_identities=8", "data.images_per_identity=4", "optim.epochs=1",
+                "optim.batch_size=16", "optim.warmup_steps=1", "model.embedding_dim=32", "run.progress=false",
+                "run.device=cpu"]  # fmt: skip
+
+#: Sizes small enough for a test: 5 part-swap trials and 2 mated pairs on 4 identities.
+EXPLAIN_TINY_SIZES = dict(identities=4, images_per_identity=3, trials=5, references=1, stride=4,
+                          faceparts_pairs=2, lfw_pairs=2, steps=4, random=1,
+                          lfw_reference_images=8)  # fmt: skip
+
+
+def test_explain_study_writes_one_file_per_model_and_seed_and_reuses_them(tmp_path, monkeypatch):
+    import ecl.train
+    from ecl.experiments import EXPLAIN_SCHEMA, EXPLAIN_SIZES
+    from ecl.pair_explain import MAP_METHODS
+    from ecl.pair_scores import GAME_METHODS
+    from ecl.reproduce import run_grid
+    from ecl.results import load_explain_results
+
+    monkeypatch.setenv("ECL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(EXPLAIN_SIZES, "quick", EXPLAIN_TINY_SIZES)
+    said = []
+    options = dict(studies=["explain"], methods=["ecloss"], seeds=[0], runs_root=tmp_path / "runs",
+                   results_dir=tmp_path / "results", overrides=EXPLAIN_TINY, echo=said.append)  # fmt: skip
+    written = run_grid(**options)
+    assert [p.name for p in written] == ["explain-faceparts-ecloss-seed0.json"]
+    assert "no lfw/" in said[0]
+    record = json.loads(written[0].read_text())
+    assert record["schema"] == EXPLAIN_SCHEMA and record["study"] == "explain-faceparts"
+    assert (record["method"], record["seed"], record["split"]) == ("ecloss", 0, "FaceParts test")
+    assert record["config"]["data"]["image_size"] == 32 and record["sizes"] == EXPLAIN_TINY_SIZES
+    assert {"git_commit", "versions", "created", "run", "pairs", "channels_per_part"} <= set(record)
+    assert set(record["part_swap"]["methods"]) == set(GAME_METHODS) and record["part_swap"]["num_trials"] == 5
+    assert record["game"]["num_trials"] == 5 and "top1" in record["game"]["saliency"]
+    # the game and the inpainting game play the same trials: the breakdown names the same parts
+    assert record["part_swap"]["methods"]["breakdown"]["top1"] == record["game"]["breakdown"]["top1"]
+    curves = record["curves"]
+    assert set(curves["methods"]) == set(MAP_METHODS) and curves["num_pairs"] == 2 and curves["steps"] == 4
+    assert set(curves["random"]) == {"deletion_auc", "insertion_auc"}
+    assert [r["method"] for r in load_explain_results(tmp_path / "results")] == ["ecloss"]
+    # Kept without --redo: nothing is trained or scored again.
+    monkeypatch.setattr(ecl.train, "load_or_train", lambda *a, **k: pytest.fail("trained again"))
+    before = written[0].stat().st_mtime_ns
+    assert run_grid(**options) == written and written[0].stat().st_mtime_ns == before
+    assert any(line.strip().startswith("kept") for line in said)
+
+
+def test_explain_study_is_dispatched_with_its_models_and_three_seeds(tmp_path, monkeypatch):
+    import ecl.reproduce as reproduce
+
+    calls, run_explain = [], reproduce.run_explain
+    monkeypatch.setattr(reproduce, "run_explain", lambda *args, **kwargs: calls.append(args) or [])
+    reproduce.run_grid(studies=["explain"], results_dir=tmp_path, echo=lambda _: None)
+    reproduce.run_grid(studies=["explain"], methods=["ecloss"], seeds=[1], results_dir=tmp_path,
+                       echo=lambda _: None)  # fmt: skip
+    assert calls == [("quick", (0, 1, 2), ("baseline", "ecloss")), ("quick", [1], ["ecloss"])]
+    with pytest.raises(ValueError, match="own layer"):
+        run_explain(methods=["baseline-layer3"], results_dir=tmp_path, echo=lambda _: None)
+
+
+def test_explain_lfw_scores_the_curves_on_view1_test_pairs(shared_data, monkeypatch):
+    """The LFW half of the study on the real View-1 lists, with an untrained tiny model."""
+    from ecl.experiments import EXPLAIN_SIZES, PROFILES
+    from ecl.models import build_model
+    from ecl.reproduce import _explain_data, _explain_scores, study_config
+
+    config = study_config("lfw", PROFILES["quick"]["lfw"], "ecloss", 0, shared_data, ["data.image_size=32"])
+    assert config.data.root == str(shared_data / "lfw")
+    data = _explain_data("lfw", config, EXPLAIN_TINY_SIZES)
+    assert data["pairs"][0].shape == (2, 3, 32, 32) and "pairsDevTest" in data["pairs_note"]
+    torch.manual_seed(0)
+    model = build_model(config, num_classes=10)[0].eval()
+    out = _explain_scores(model, data, EXPLAIN_TINY_SIZES, 0, "cpu")
+    assert "part_swap" not in out and out["curves"]["num_pairs"] == 2
+    assert EXPLAIN_SIZES["quick"]["lfw_pairs"] > 2  # the test's sizes did not leak into the profile
+
+
+def _explain(data, model, seed, top1=0.5, saliency=0.6, deletion=0.2, insertion=0.6, random=(0.3, 0.4)):
+    """A constructed explanation-study record with the numbers the summary reads."""
+    from ecl.experiments import EXPLAIN_SCHEMA
+
+    maps = {m: {"deletion_auc": deletion, "insertion_auc": insertion, "deletion_beats_random": 1.0,
+                "insertion_beats_random": 0.5} for m in ("gradcam", "shapley")}  # fmt: skip
+    curves = {"methods": maps, "random": {"deletion_auc": random[0], "insertion_auc": random[1]}}
+    record = {"schema": EXPLAIN_SCHEMA, "study": f"explain-{data}", "data": data, "method": model,
+              "seed": seed, "profile": "quick", "split": "FaceParts test", "config": {}, "versions": {},
+              "curves": curves}  # fmt: skip
+    if data == "faceparts":
+        record["game"] = {"saliency": {"top1": saliency}, "breakdown": {"top1": top1}}
+        record["part_swap"] = {"valid_trials": 10, "methods": {
+            "breakdown": {"top1": top1, "nonmate_rate": 0.5, "iou": 0.4},
+            "gradcam": {"nonmate_rate": 0.25, "iou": 0.1},
+            "random": {"nonmate_rate": 0.0, "iou": 0.02}}}  # fmt: skip
+    return record
+
+
+def test_explain_summary_gives_means_over_seeds_and_the_aims_verdicts(tmp_path):
+    from ecl.results import explain_aims, explain_summary, explain_table, load_explain_results
+
+    records = [
+        _explain("faceparts", "ecloss", 0, top1=0.5, saliency=0.4, deletion=0.2),
+        _explain("faceparts", "ecloss", 1, top1=0.7, saliency=0.5, deletion=0.4),
+        _explain("faceparts", "baseline", 0, top1=0.2),
+        _explain("lfw", "ecloss", 0, deletion=0.5, insertion=0.5),
+        _explain("lfw", "ecloss", 1, deletion=0.3, insertion=0.3),
+    ]
+    summary = explain_summary(records).set_index(["data", "model", "method", "score"])
+    row = summary.loc[("faceparts", "ecloss", "breakdown", "top-1")]
+    assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1414214) and row["seeds"] == 2
+    assert summary.loc[("faceparts", "ecloss", "gradcam", "top-1"), "mean"] == pytest.approx(0.45)
+    assert summary.loc[("faceparts", "ecloss", "random", "deletion AUC"), "mean"] == pytest.approx(0.3)
+    assert np.isnan(summary.loc[("faceparts", "baseline", "breakdown", "top-1"), "std"])
+    table = explain_table(records)
+    assert table.loc[("faceparts", "ecloss", "breakdown"), "top-1"] == "0.600 ± 0.141"
+    assert table.loc[("faceparts", "ecloss", "shapley"), "top-1"] == "n/a"
+    assert table.loc[("faceparts", "baseline", "breakdown"), "seeds"] == 1
+    assert list(table.loc[("faceparts", "ecloss")].index[:2]) == ["breakdown", "shapley"]
+    aims = explain_aims(records)
+    assert aims["met"].tolist() == [True, True, False, True, False, False]
+    first = aims.loc["part breakdown top-1 >= 0.5"]
+    assert (first["value"], first["reference"], first["seeds"]) == (pytest.approx(0.6), 0.5, 2)
+    assert aims.loc["deletion: part breakdown beats random order (faceparts)", "value"] == pytest.approx(0.3)
+    # without LFW results the LFW aims are undecided, not failed
+    assert explain_aims(records[:3])["met"].tolist()[-2:] == [None, None]
+    # written to files: read back by their own reader, never by the grid's
+    for record in records:
+        name = f"{record['study']}-{record['method']}-seed{record['seed']}.json"
+        (tmp_path / name).write_text(json.dumps(record))
+    result_path(tmp_path, "faceparts", "ecloss", 0).write_text(json.dumps(_record("ecloss", 0)))
+    assert len(load_explain_results(tmp_path)) == 5
+    assert [r["study"] for r in load_results(tmp_path)] == ["faceparts"]
+
+
+def test_summary_cli_prints_the_explain_table_and_aims(tmp_path, capsys):
+    from ecl.cli import main
+
+    for seed in range(2):
+        (tmp_path / f"explain-faceparts-ecloss-seed{seed}.json").write_text(
+            json.dumps(_explain("faceparts", "ecloss", seed))
+        )
+    assert main(["reproduce", "--summary", "--studies", "explain", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| faceparts | ecloss | breakdown | 0.500 ± 0.000 |" in out
+    assert "| part breakdown top-1 >= 0.5 | faceparts | 0.5 | 0.5 | 2 | True |" in out
+    assert main(["reproduce", "--summary", "--studies", "explain", "--results", str(tmp_path / "x")]) == 1
