@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from ecl.notebook import STRICT_ENV
+
 #: Parameters each profile passes to the notebooks (a notebook receives the ones it declares).
 #: ``quick`` finishes on a 2-core CPU in minutes (CI); ``full`` is the GPU profile behind the book's results.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -225,6 +227,33 @@ def build_html(stage: Path, out: Path, strict: bool = True) -> Path:
     return html
 
 
+def _execute_all(
+    root: Path,
+    notebooks: list[Path],
+    out: Path,
+    only: Iterable[str] | None,
+    wanted: Mapping[str, Any],
+    kernel: str,
+    echo,
+) -> tuple[dict[Path, Path], int]:
+    """Execute the notebooks ``only`` selects; return every executed copy to stage, and how many ran."""
+    executed: dict[Path, Path] = {}
+    ran = 0
+    for rel in notebooks:
+        dst = out / "executed" / rel
+        if only and not any(part in str(rel) for part in only):
+            if dst.is_file():  # an executed copy from an earlier run is staged as it is
+                executed[rel] = dst
+            continue
+        params = notebook_parameters(root / rel, wanted)
+        seconds = execute_notebook(root / rel, dst, params, kernel=kernel)
+        check_executed(dst)
+        executed[rel] = dst
+        ran += 1
+        echo(f"{seconds:7.1f} s  {rel}")
+    return executed, ran
+
+
 def run_book(
     root: str | os.PathLike = ".",
     profile: str = "quick",
@@ -233,6 +262,7 @@ def run_book(
     parameters: Mapping[str, Any] | None = None,
     build: bool = True,
     kernel: str = "python3",
+    threads: int = 1,
     echo=print,
 ) -> Path | None:
     """Execute the book's notebooks with ``profile`` and build the HTML book.
@@ -246,6 +276,9 @@ def run_book(
         parameters: Extra parameters for every notebook, on top of the profile's.
         build: Build the HTML book after executing.
         kernel: Jupyter kernel name.
+        threads: torch threads of every kernel (``OMP_NUM_THREADS``). One by default: a model trained on the
+            CPU depends on the thread count, and one thread trains the very models of the committed results
+            (``reproduce`` trains on one thread), which the prose of the quick profile describes.
         echo: Where progress lines go.
 
     Returns:
@@ -257,24 +290,28 @@ def run_book(
     root = Path(root).resolve()
     if profile not in PROFILES:
         raise BookError(f"unknown profile {profile!r}: choose one of {sorted(PROFILES)}")
+    if threads < 1:
+        raise BookError(f"threads must be at least 1, got {threads}")
     out = Path(out).resolve() if out is not None else root / "_build"
     wanted = {**PROFILES[profile], **(parameters or {})}
     notebooks = toc_notebooks(root)
-    executed: dict[Path, Path] = {}
-    ran = 0
+    # The kernels inherit this process's environment: one torch thread (the CPU results depend on the thread
+    # count, so every build trains the models of the committed results), and, for the quick profile whose
+    # models the prose describes, sentences the numbers no longer support fail the build.
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if profile == "quick":
+        env[STRICT_ENV] = "1"
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     total = time.perf_counter()
-    for rel in notebooks:
-        dst = out / "executed" / rel
-        if only and not any(part in str(rel) for part in only):
-            if dst.is_file():  # an executed copy from an earlier run is staged as it is
-                executed[rel] = dst
-            continue
-        params = notebook_parameters(root / rel, wanted)
-        seconds = execute_notebook(root / rel, dst, params, kernel=kernel)
-        check_executed(dst)
-        executed[rel] = dst
-        ran += 1
-        echo(f"{seconds:7.1f} s  {rel}")
+    try:
+        executed, ran = _execute_all(root, notebooks, out, only, wanted, kernel, echo)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     echo(f"{time.perf_counter() - total:7.1f} s  executed {ran} notebook(s), profile {profile!r}")
     if not build:
         return None

@@ -69,6 +69,14 @@ def _add_book(subparsers) -> None:
         help="extra notebook parameter, value parsed as YAML (repeatable)",
     )
     parser.add_argument("--no-build", action="store_true", help="execute only, do not build the HTML")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads of every chapter (default: 1, which trains the models of the committed "
+        "results; CPU training depends on the thread count)",
+    )
     parser.set_defaults(func=_run_book)
 
 
@@ -83,6 +91,7 @@ def _run_book(args: argparse.Namespace) -> int:
             only=args.only,
             parameters=dict(args.param),
             build=not args.no_build,
+            threads=args.threads,
         )
     except BookError as err:
         return _error(err, 1)

@@ -86,6 +86,34 @@ def setup(seed: int = 0, threads: int | None = None) -> NotebookContext:
     return NotebookContext(device=resolve_device("auto").type, in_colab=in_colab(), seed=seed)
 
 
+#: Set to ``"1"`` by the book runner (:func:`ecl.book.run_book`, quick profile): :func:`supports` then raises.
+STRICT_ENV = "ECL_BOOK_STRICT"
+
+
+def supports(condition: bool, sentence: str) -> None:
+    """Check that the numbers a chapter just computed still support a sentence of its prose.
+
+    The prose of a chapter states what its numbers show ("the ECLoss run ends higher"); a cell after the
+    numbers checks each such sentence with this function. In a book build of the quick profile (the runner
+    sets ``ECL_BOOK_STRICT=1`` and trains on one CPU thread, so every build trains the same models) a sentence
+    the numbers no longer support stops the build: the author rewrites it. Anywhere else (Jupyter, Colab, a
+    GPU, another thread count or profile) the models differ a little from the published ones, so a sentence
+    that no longer holds is printed as a note and the chapter goes on.
+
+    Raises:
+        AssertionError: in a strict build, when ``condition`` is false, quoting the sentence.
+    """
+    if condition:
+        return
+    message = f"the numbers above no longer support this sentence of the chapter: {sentence!r}"
+    if os.environ.get(STRICT_ENV) == "1":
+        raise AssertionError(f"{message}. Rewrite it from the numbers and rebuild.")
+    print(
+        f"note: {message}. The page was written for the models of the published book (quick profile, "
+        "one CPU thread); yours differ a little, so read the numbers rather than that sentence."
+    )
+
+
 def chapter_models(
     profile: str = "quick",
     methods: Sequence[str] = ("baseline", "ecloss"),

@@ -216,6 +216,39 @@ def test_cli_exit_code_and_message_on_failure(tmp_path):
     assert "01-broken.ipynb" in proc.stderr and "ZeroDivisionError" in proc.stderr
 
 
+def _printed(root: Path, chapter: str, code: str) -> str:
+    """What the executed cell whose source contains ``code`` printed."""
+    executed = nbformat.read(str(root / "_build" / "executed" / "book" / f"{chapter}.ipynb"), as_version=4)
+    cell = next(c for c in executed.cells if c.cell_type == "code" and code in c.source)
+    return "".join(o.get("text", "") for o in cell.get("outputs", []))
+
+
+def test_runner_trains_on_one_thread_and_fails_on_an_unsupported_sentence(tmp_path, monkeypatch):
+    # On a CPU the trained model depends on the thread count: every build must use the same one, or the
+    # chapters' sentences, written for the committed models, fail on another machine (as they did in CI).
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("ECL_BOOK_STRICT", raising=False)
+    cells = [
+        ("code", 'profile = "quick"', ["parameters"]),
+        ("code", "import torch, ecl.notebook\nprint('threads', torch.get_num_threads())", []),
+        ("code", "ecl.notebook.supports(1 < 2, 'one is below two')", []),
+        ("code", "ecl.notebook.supports(2 < 1, 'two is below one')", []),
+    ]
+    root = _make_book(tmp_path, {"01-claims": cells})
+    with pytest.raises(BookError) as err:
+        run_book(root, profile="quick", build=False, echo=lambda _: None)
+    assert "cell 4" in str(err.value) and "two is below one" in str(err.value) and "Rewrite" in str(err.value)
+    assert "threads 1" in _printed(root, "01-claims", "get_num_threads")
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "ECL_BOOK_STRICT" not in os.environ, (
+        "environment not restored"
+    )
+    # The full profile's models are not the ones the prose describes: the same sentence is a printed note.
+    run_book(root, profile="full", build=False, threads=2, echo=lambda _: None)
+    assert "threads 2" in _printed(root, "01-claims", "get_num_threads")
+    note = _printed(root, "01-claims", "two is below one")
+    assert note.startswith("note:") and "two is below one" in note
+
+
 def test_check_executed_rejects_unexecuted_and_error_cells(tmp_path):
     nb = _notebook([("code", "x = 1", [])])
     path = tmp_path / "nb.ipynb"
