@@ -16,10 +16,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@if $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
-	  $(PY) -m pip install --quiet -c constraints.txt -e ".[book,dev]"; \
+	  $(PY) -m pip install --quiet -c constraints.txt -e ".[book,dev,cam]"; \
 	else \
 	  echo "warning: constraints.txt is for Python 3.11; installing from pyproject.toml ranges"; \
-	  $(PY) -m pip install --quiet -e ".[book,dev]"; \
+	  $(PY) -m pip install --quiet -e ".[book,dev,cam]"; \
 	fi
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@

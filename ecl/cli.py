@@ -393,6 +393,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- explain-pair, assign-parts
 def _add_explain_pair(subparsers) -> None:
     from ecl.attribution import ASSIGNMENT_FILE, DESCRIPTORS
+    from ecl.pair_cam import CAM_METHODS
     from ecl.pair_explain import PAIR_METHODS
 
     parser = subparsers.add_parser(
@@ -404,8 +405,8 @@ def _add_explain_pair(subparsers) -> None:
             f"{ASSIGNMENT_FILE} (make it with `python -m ecl assign-parts --checkpoint RUN`). Images are "
             "read with PIL, converted to RGB and resized to the model's input size. Prints one JSON object. "
             "--method picks another explanation: shapley (part contributions that add up to the cosine), "
-            "xcos (local-similarity grid), gradcam (similarity Grad-CAM) or occlusion (sensitivity maps); "
-            "--png draws it."
+            "xcos (local-similarity grid), gradcam (similarity Grad-CAM), occlusion (sensitivity maps) or "
+            "cam (a CAM of the optional pytorch-grad-cam library, chosen with --cam); --png draws it."
         ),
     )
     parser.add_argument("--checkpoint", required=True, help="run folder or checkpoint written by `ecl train`")
@@ -419,7 +420,13 @@ def _add_explain_pair(subparsers) -> None:
         choices=PAIR_METHODS,
         default="parts",
         help="parts: part similarities (default); shapley: part contributions that sum to the cosine "
-        "(with a rest term); xcos, gradcam, occlusion: maps (the last three need no assignment)",
+        "(with a rest term); xcos, gradcam, occlusion, cam: maps (these need no assignment)",
+    )
+    parser.add_argument(
+        "--cam",
+        choices=sorted(CAM_METHODS),
+        default="gradcam",
+        help="with --method cam: which pytorch-grad-cam method (needs pip install 'ecl[cam]')",
     )
     parser.add_argument("--descriptor", choices=DESCRIPTORS, default="attention", help="part descriptor")
     parser.add_argument(
@@ -455,8 +462,9 @@ def _run_explain_pair(args: argparse.Namespace) -> int:
             descriptor=args.descriptor,
             device=args.device,
             patch=getattr(args, "patch", None),
+            cam=getattr(args, "cam", "gradcam"),
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ImportError) as err:
         return _error(err, 2)
     output = {"image_a": args.image_a, "image_b": args.image_b, **result.summary}
     if getattr(args, "png", None):

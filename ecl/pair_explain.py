@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from ecl.attribution import PartAssignment, explain_pair, forward_pair, part_similarity, similarity_saliency
+from ecl.pair_cam import CAM_METHODS, library_cam
 from ecl.pair_methods import as_pair, channel_shapley, occlusion_map, prepare_model, upsample, xcos_grid
 from ecl.utils import eval_mode, json_float
 
 MAP_METHODS = ("gradcam", "xcos", "occlusion", "shapley")
 """Methods ``pair_map`` turns into a per-pixel importance map."""
 
-PAIR_METHODS = ("parts", "shapley", "xcos", "gradcam", "occlusion")
+PAIR_METHODS = ("parts", "shapley", "xcos", "gradcam", "occlusion", "cam")
 """Methods of ``explain_pair_with`` (``python -m ecl explain-pair --method``)."""
 
 
@@ -118,6 +119,7 @@ def explain_pair_with(
     descriptor: str = "attention",
     device: str | torch.device | None = None,
     patch: int | None = None,
+    cam: str = "gradcam",
 ) -> PairMethodResult:
     """Explain one pair with one method of ``PAIR_METHODS``: a JSON summary and the maps to draw.
 
@@ -126,7 +128,9 @@ def explain_pair_with(
     - ``"xcos"``: the local-similarity grid with norm attention (``xcos_grid``), its score, the cosine of
       the flattened maps and the embedding cosine side by side;
     - ``"gradcam"``: the similarity Grad-CAM of both faces (``similarity_saliency``);
-    - ``"occlusion"``: the occlusion drop over each face in turn (``occlusion_map``; ``patch`` in pixels).
+    - ``"occlusion"``: the occlusion drop over each face in turn (``occlusion_map``; ``patch`` in pixels);
+    - ``"cam"``: pytorch-grad-cam's ``cam`` (``ecl.pair_cam.library_cam``: ``"hirescam"``, ``"scorecam"``,
+      ``"eigencam"`` ...) of each face for its similarity to the other, at the image's resolution.
     """
     if method not in PAIR_METHODS:
         raise ValueError(f"method must be one of {PAIR_METHODS}; got {method!r}")
@@ -193,6 +197,18 @@ def explain_pair_with(
         return PairMethodResult(
             method, summary, maps, f"Grad-CAM of the embedding cosine {overall:.3f} (ReLU)"
         )
+    if method == "cam":
+        map_a = library_cam(model, a, b, cam=cam, device=device)
+        map_b = library_cam(model, b, a, cam=cam, device=device)
+        summary = {
+            "method": method,
+            "cam": cam,
+            "overall": json_float(overall),
+            "map_a": _rounded(map_a),
+            "map_b": _rounded(map_b),
+        }
+        caption = f"pytorch-grad-cam {CAM_METHODS[cam]} of the embedding cosine {overall:.3f}"
+        return PairMethodResult(method, summary, {f"{cam} (pytorch-grad-cam)": (map_a, map_b)}, caption)
     over_a = occlusion_map(model, a, b, patch=patch, side="a", device=device)
     over_b = occlusion_map(model, a, b, patch=patch, side="b", device=device)
     summary = {"method": method, "overall": json_float(overall), "a": over_a.to_dict(), "b": over_b.to_dict()}

@@ -485,6 +485,8 @@ def test_cli_method_and_png(cli_run, method, monkeypatch, capsys, tmp_path):
         assert output["total"] == pytest.approx(output["overall"], abs=1e-5)
     if method == "xcos":
         assert np.sum(np.array(output["attention_map"])) == pytest.approx(1.0, abs=1e-4)
+    if method == "cam":  # pytorch-grad-cam's Grad-CAM by default, both faces at the image's resolution
+        assert output["cam"] == "gradcam" and np.array(output["map_a"]).shape == (SIZE, SIZE)
 
 
 def test_cli_map_methods_need_no_assignment(cli_run, monkeypatch, capsys, tmp_path):
