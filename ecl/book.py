@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from ecl.notebook import STRICT_ENV
+from ecl.utils import restored_environ
 
 #: Parameters each profile passes to the notebooks (a notebook receives the ones it declares).
 #: ``quick`` finishes on a 2-core CPU in minutes (CI); ``full`` is the GPU profile behind the book's results.
@@ -301,17 +302,10 @@ def run_book(
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if profile == "quick":
         env[STRICT_ENV] = "1"
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     total = time.perf_counter()
-    try:
+    with restored_environ(*env):
+        os.environ.update(env)
         executed, ran = _execute_all(root, notebooks, out, only, wanted, kernel, echo)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     echo(f"{time.perf_counter() - total:7.1f} s  executed {ran} notebook(s), profile {profile!r}")
     if not build:
         return None

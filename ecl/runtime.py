@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ecl.config import ConfigError
+from ecl.utils import restored_environ
 
 __all__ = ["Processes", "backend_settings", "init_processes", "resolve_amp"]
 
@@ -90,27 +91,23 @@ def backend_settings(deterministic: bool, device: torch.device) -> Iterator[None
         cudnn.deterministic,
         cudnn.allow_tf32,
         matmul.allow_tf32,
-        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     )
-    try:
-        if deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            cudnn.benchmark = False
-            cudnn.deterministic = True
-        elif device.type == "cuda":
-            cudnn.benchmark = True
-            matmul.allow_tf32 = True
-            cudnn.allow_tf32 = True
-        yield
-    finally:
-        det, warn_only, cudnn.benchmark, cudnn.deterministic, tf32_cudnn, tf32_matmul, workspace = saved
-        torch.use_deterministic_algorithms(det, warn_only=warn_only)
-        if cudnn.allow_tf32 != tf32_cudnn:
-            cudnn.allow_tf32 = tf32_cudnn
-        if matmul.allow_tf32 != tf32_matmul:
-            matmul.allow_tf32 = tf32_matmul
-        if workspace is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+    with restored_environ("CUBLAS_WORKSPACE_CONFIG"):
+        try:
+            if deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                cudnn.benchmark = False
+                cudnn.deterministic = True
+            elif device.type == "cuda":
+                cudnn.benchmark = True
+                matmul.allow_tf32 = True
+                cudnn.allow_tf32 = True
+            yield
+        finally:
+            det, warn_only, cudnn.benchmark, cudnn.deterministic, tf32_cudnn, tf32_matmul = saved
+            torch.use_deterministic_algorithms(det, warn_only=warn_only)
+            if cudnn.allow_tf32 != tf32_cudnn:
+                cudnn.allow_tf32 = tf32_cudnn
+            if matmul.allow_tf32 != tf32_matmul:
+                matmul.allow_tf32 = tf32_matmul

@@ -30,6 +30,7 @@ __all__ = [
     "model_device",
     "progress_bar",
     "resolve_device",
+    "restored_environ",
     "rng_state",
     "seed_everything",
     "set_rng_state",
@@ -196,6 +197,21 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def restored_environ(*names: str) -> Iterator[None]:
+    """Run a block that may set or remove the environment variables ``names``; put back their old values
+    (or their absence) when it ends, however it ends."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # --------------------------------------------------------------------------------------------- RNG
